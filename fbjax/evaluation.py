@@ -1,6 +1,7 @@
 """Evaluation of a policy, usable on any checkpoint's parameters.
 
 * :func:`sequence_logps` - log-probs of given completions under given parameters;
+* :func:`sequence_rewards` - a reward model's scores of given completions;
 * :func:`sample` - completions (token ids and text) from the policy;
 * :func:`kl_to_reference` - Monte-Carlo KL(policy || reference) from the policy's own samples;
 * :func:`win_rate` - how often one set of completions beats another under an oracle;
@@ -34,7 +35,8 @@ def _scorer(config: ModelConfig, chunk_size: int):
         stats = steplib.sequence_stats(
             model, params, None, batch, need_reference=False, chunk_size=chunk_size
         )
-        return stats.logps, stats.lengths
+        rewards = stats.rewards if stats.rewards is not None else jnp.zeros_like(stats.logps)
+        return stats.logps, stats.lengths, rewards
 
     return score
 
@@ -48,23 +50,37 @@ def sequence_logps(
     chunk_size: int = 8192,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Summed log-probs and token counts of every completion, in group order (flattened)."""
+    logps, lengths, _ = _score_sequences(params, config, groups, rows=rows, chunk_size=chunk_size)
+    return logps, lengths
+
+
+def sequence_rewards(
+    params: Any, config: ModelConfig, groups: Sequence[packing.Group], *, rows: int = 64
+) -> np.ndarray:
+    """A reward model's score (``ModelConfig.reward_head``) of every completion given its
+    prompt, in group order (flattened)."""
+    if not config.reward_head:
+        raise ValueError("sequence_rewards needs a reward model (ModelConfig.reward_head=True)")
+    return _score_sequences(params, config, groups, rows=rows, chunk_size=8192)[2]
+
+
+def _score_sequences(params, config, groups, *, rows, chunk_size):
     sequences = [
         packing.Group(g.prompt, (c,), masks=None if g.masks is None else (g.masks[k],))
         for g in groups for k, c in enumerate(g.completions)
     ]
     if not sequences:
-        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        return (np.zeros(0, np.float32),) * 3
     longest = max(s.length(False) for s in sequences)
     seq_len = -(-longest // 16) * 16  # bucketed so repeated calls reuse one compilation
     score = _scorer(config, chunk_size)
-    logps, lengths = [], []
+    out = ([], [], [])
     for i in range(0, len(sequences), rows):
         chunk = sequences[i : i + rows]
         batch, used = packing.padded(chunk, seq_len=seq_len, num_rows=rows)
-        lp, ln = score(params, {k: jnp.asarray(v) for k, v in batch.items()})
-        logps.append(np.asarray(lp)[:used])
-        lengths.append(np.asarray(ln)[:used])
-    return np.concatenate(logps), np.concatenate(lengths)
+        for acc, value in zip(out, score(params, {k: jnp.asarray(v) for k, v in batch.items()})):
+            acc.append(np.asarray(value)[:used])
+    return tuple(np.concatenate(acc) for acc in out)
 
 
 @dataclasses.dataclass(frozen=True)

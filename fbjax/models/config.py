@@ -73,6 +73,10 @@ class ModelConfig:
     # "none" | "block" (checkpoint each decoder block) | "dots" (save matmul outputs only).
     remat: str = "none"
     init_std: float = 0.02
+    # A scalar reward head on the final hidden state (Hugging Face ``*ForSequenceClassification``
+    # with one label, ``score.weight``). A reward model has no LM head unless its embeddings
+    # are tied: it scores sequences, it does not predict tokens.
+    reward_head: bool = False
 
     def __post_init__(self):
         if not isinstance(self.family, Family):

@@ -343,7 +343,15 @@ class Decoder(nn.Module):
             new_layers.append(new_layer)
         x = make_norm(cfg, "final_norm")(x)
 
-        if not cfg.tie_embeddings:
+        if cfg.reward_head:
+            # Declared like the LM head: applied outside (``token_rewards``) to the hidden states.
+            self.param(
+                "reward_head",
+                nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), ("embed", None)),
+                (cfg.hidden_size, 1),
+                jnp.dtype(cfg.param_dtype),
+            )
+        if has_lm_head(cfg) and not cfg.tie_embeddings:
             # Declared here so the parameter exists; the projection itself happens in
             # ``output_projection`` (chunked over the vocabulary by the log-prob code).
             self.param(
@@ -360,8 +368,19 @@ class Decoder(nn.Module):
         return x, new_cache
 
 
+def has_lm_head(config: ModelConfig) -> bool:
+    """Whether the model predicts tokens: every model but an untied reward model."""
+    return config.tie_embeddings or not config.reward_head
+
+
 def output_projection(params: Any, config: ModelConfig) -> Array:
     """The ``[D, V]`` matrix mapping hidden states to logits (the tied embedding if tied)."""
+    if not has_lm_head(config):
+        raise ValueError(
+            "this model config has reward_head=True and untied embeddings, so it has no LM head: "
+            "it scores sequences (reward layouts such as fbjax.train.inputs.reward_pairs) and "
+            "cannot give token log-probs or samples"
+        )
     params = params.get("params", params)
     if config.tie_embeddings:
         return params["embedding"].T
@@ -372,3 +391,21 @@ def logits(params: Any, config: ModelConfig, hidden: Array) -> Array:
     """Full ``[..., V]`` float32 logits; for sampling and tests (training uses chunked log-probs)."""
     w = output_projection(params, config)
     return jnp.einsum("...d,dv->...v", hidden.astype(jnp.float32), w.astype(jnp.float32))
+
+
+def token_rewards(params: Any, config: ModelConfig, hidden: Array) -> Array:
+    """``[B, T]`` float32 scalar-head outputs at every position (a sequence's reward is the one
+    at its last token, as Hugging Face's sequence classifiers pool)."""
+    if not config.reward_head:
+        raise ValueError("this model config has no reward head (ModelConfig.reward_head=False)")
+    params = params.get("params", params)
+    w = params["reward_head"][:, 0]
+    return jnp.einsum("...d,d->...", hidden.astype(jnp.float32), w.astype(jnp.float32))
+
+
+def init_reward_head(config: ModelConfig, rng: Array) -> Array:
+    """A fresh ``[D, 1]`` reward head, as :class:`Decoder` initialises it, for turning a policy's
+    parameters into a reward model's (Stiennon et al. 2020 start the reward model from the SFT
+    policy with a new head)."""
+    return (config.init_std * jax.random.normal(rng, (config.hidden_size, 1))).astype(
+        jnp.dtype(config.param_dtype))

@@ -45,6 +45,15 @@ _ARCHITECTURES = {
     Family.GPT2: "GPT2LMHeadModel",
 }
 
+# Reward models: the same backbone with a one-label sequence-classification head (``score``).
+_REWARD_ARCHITECTURES = {
+    Family.LLAMA: "LlamaForSequenceClassification",
+    Family.MISTRAL: "MistralForSequenceClassification",
+    Family.QWEN2: "Qwen2ForSequenceClassification",
+    Family.GEMMA: "GemmaForSequenceClassification",
+    Family.GPT2: "GPT2ForSequenceClassification",
+}
+
 # HF activation names -> ours. "gelu_new", "gelu_fast" and "gelu_pytorch_tanh" are all the tanh
 # approximation (they differ only in how the constant is written).
 _ACTIVATIONS = {
@@ -135,8 +144,23 @@ def config_from_hf(hf: Mapping[str, Any], *, source: str = CONFIG_FILE) -> Model
 
     ``source`` names the file in error messages. Fields missing from ``hf`` take the defaults
     of the corresponding transformers config class (not fbjax's presets), since those are what
-    the checkpoint was trained with.
+    the checkpoint was trained with. A ``*ForSequenceClassification`` checkpoint with one label
+    is a reward model (``reward_head=True``).
     """
+    config = _backbone_config_from_hf(hf, source)
+    classifiers = [a for a in hf.get("architectures") or () if a.endswith("ForSequenceClassification")]
+    if not classifiers:
+        return config
+    labels = int(hf.get("num_labels") or len(hf.get("id2label") or {}) or 2)
+    if labels != 1:
+        raise CheckpointError(
+            f"{source}: {classifiers[0]} with {labels} labels; only one-label (reward) "
+            "sequence classifiers are supported"
+        )
+    return dataclasses.replace(config, reward_head=True)
+
+
+def _backbone_config_from_hf(hf: Mapping[str, Any], source: str) -> ModelConfig:
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise CheckpointError(
@@ -273,13 +297,15 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
 
     dtype = np.dtype(config.param_dtype).name
     hf: dict[str, Any] = {
-        "architectures": [_ARCHITECTURES[family]],
+        "architectures": [(_REWARD_ARCHITECTURES if config.reward_head else _ARCHITECTURES)[family]],
         "model_type": family.value,
         "vocab_size": config.vocab_size,
         "tie_word_embeddings": config.tie_embeddings,
         "dtype": dtype,
         "torch_dtype": dtype,  # transformers 4.x reads this name
     }
+    if config.reward_head:
+        hf.update(num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
     if family is Family.GPT2:
         hf.update(
             n_embd=config.hidden_size,
@@ -442,8 +468,10 @@ def _rules(config: ModelConfig) -> list[_Rule]:
             rules += [_copy(pre + "input_layernorm.weight", f"{ours}/attn_norm/scale"),
                       _copy(pre + "post_attention_layernorm.weight", f"{ours}/mlp_norm/scale")]
         rules.append(_copy("model.norm.weight", "final_norm/scale"))
-    if not config.tie_embeddings:
+    if not config.tie_embeddings and not config.reward_head:
         rules.append(_linear("lm_head.weight", "lm_head", (d,), (config.vocab_size,)))
+    if config.reward_head:
+        rules.append(_linear("score.weight", "reward_head", (d,), (1,)))
     return rules
 
 
@@ -547,7 +575,7 @@ def _canonical_names(tensors: dict[str, np.ndarray], family: Family) -> dict[str
     """
     prefix = "transformer." if family is Family.GPT2 else "model."
     return {
-        k if k.startswith(prefix) or k.startswith("lm_head.") else prefix + k: v
+        k if k.startswith((prefix, "lm_head.", "score.")) else prefix + k: v
         for k, v in tensors.items()
     }
 
@@ -577,7 +605,7 @@ def params_from_hf(
         raise CheckpointError(f"{source}: missing tensors {missing[:8]}"
                               f"{' ...' if len(missing) > 8 else ''} for {config.family.value}")
     # A tied checkpoint may still carry lm_head.weight (a copy of the embedding): drop it.
-    if config.tie_embeddings:
+    if config.tie_embeddings or config.reward_head:
         tensors.pop("lm_head.weight", None)
     unused = sorted(k for k in tensors if not _IGNORED_KEYS.search(k))
     if unused:

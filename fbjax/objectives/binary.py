@@ -497,10 +497,13 @@ def pmpo(
     paper's setting, so its gradient is an unbiased estimate of
     :math:`-\beta\,\mathbb{E}_{\pi_{\text{ref}}}[\nabla \ell_\theta]`. ``alpha=1`` uses positives
     only, ``alpha=0`` negatives only (the KL term then is the only thing pulling likelihood up).
-    The per-class expectations become one batch mean, a constant rescaling for a fixed class
-    mix. With this sample estimate a rejected example's loss is
-    :math:`(1 - \alpha - \beta)\,\ell_\theta(y)` plus a constant, which is bounded below only
-    when :math:`\beta \ge 1 - \alpha`; keep accepted or unlabelled reference samples in the batch
+    The per-class expectations become one batch mean, which weighs the classes by their share
+    of the batch: with a fraction :math:`p` accepted it is the paper's objective only for
+    :math:`p = 1/2`; otherwise pass :math:`\alpha' \propto \alpha / p`,
+    :math:`1 - \alpha' \propto (1 - \alpha) / (1 - p)` and :math:`\beta` scaled alike
+    (``experiments.common.pmpo_class_means``). With this sample estimate a rejected example's
+    loss is :math:`(1 - \alpha - \beta)\,\ell_\theta(y)` plus a constant, which is bounded
+    below only when :math:`\beta \ge 1 - \alpha`; keep accepted or unlabelled reference samples in the batch
     (their KL terms carry the anchor) when learning from negatives only.
 
     Args:

@@ -284,7 +284,9 @@ def nft(
 
     Returns:
         ``(loss [B], metrics)``: ``kl`` (masked mean of :math:`\log\pi_{\text{old}} -
-        \log\pi_\theta`, the reference's ``ppo_kl``) and ``ratio`` (masked mean of :math:`R_t`).
+        \log\pi_\theta`, the reference's ``ppo_kl``), ``ratio`` (masked mean of :math:`R_t`)
+        and ``logps/chosen``, ``logps/rejected`` (each row's summed log-prob, to be averaged
+        over the correct / wrong rows: ``fbjax.train.presets.nft`` weights them so).
 
     References:
         Chen et al. 2025, "Bridging Supervised Learning and Reinforcement Learning in Math
@@ -324,8 +326,12 @@ def nft(
         per_token = per_token * jnp.sqrt((1.0 - acc) / acc)
     loss = jnp.sum(jnp.where(keep, per_token, 0.0) * mask, axis=-1) / token_normalizer
     tokens = jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+    row_logps = jnp.sum(jnp.where(keep, _float(policy_token_logps), 0.0) * mask, axis=-1)
     metrics = {
         "kl": -jnp.sum(log_ratio * mask, axis=-1) / tokens,
         "ratio": jnp.sum(jnp.where(keep, ratio, 0.0) * mask, axis=-1) / tokens,
+        # Averaged over the correct (chosen) or wrong (rejected) rows only by the caller.
+        "logps/chosen": row_logps,
+        "logps/rejected": row_logps,
     }
     return loss, {k: _sg(v) for k, v in metrics.items()}

@@ -9,6 +9,8 @@ the experiment (``Objective(loss=preference.dpo, inputs=inputs.paired)``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -93,6 +95,112 @@ def tokens(stats: SequenceStats) -> tuple[dict[str, Array], Array]:
         **({"ref_token_logps": stats.ref_token_logps} if stats.ref_token_logps is not None else {}),
     }
     return arrays, (jnp.sum(stats.token_mask, axis=-1) > 0).astype(jnp.float32)
+
+
+def slot_token_grid(stats: SequenceStats, values: Array) -> tuple[Array, Array]:
+    """Per-token ``values [B, L]`` regrouped by completion slot: ``([N, L], mask [N, L])`` where
+    entry ``[n, j]`` is the ``j``-th scored token of slot ``n`` (``N = B * K``, slots flattened
+    row-major as everywhere else).
+
+    The step hands objectives no slot ids per token, so they are recovered from what it does
+    hand over: the packer writes a row's slots left to right, so the scored tokens of slot ``k``
+    are the ``lengths[k]`` scored tokens after those of slots ``< k``. This needs 0/1 loss masks
+    (``lengths`` are then token counts), which every layout built on it guarantees.
+    """
+    mask = stats.token_mask
+    b, seq = mask.shape
+    n = stats.lengths.shape[0]
+    k = n // b
+    scored = mask > 0
+    rank = jnp.cumsum(scored.astype(jnp.int32), axis=1) - 1  # j-th scored token of the row
+    counts = jnp.round(stats.lengths).astype(jnp.int32).reshape(b, k)
+    ends = jnp.cumsum(counts, axis=1)
+    starts = ends - counts
+    slot = jnp.sum(rank[:, :, None] >= ends[:, None, :], axis=-1)  # [B, L] in [0, K]
+    slot_c = jnp.minimum(slot, k - 1)
+    within = rank - jnp.take_along_axis(starts, slot_c, axis=1)
+    target = (jnp.arange(b)[:, None] * k + slot_c) * seq + within
+    # Unscored positions are sent out of bounds and dropped by the scatter.
+    target = jnp.where(scored & (slot < k), target, n * seq).reshape(-1)
+    grid = jnp.zeros((n * seq,), values.dtype).at[target].set(values.reshape(-1), mode="drop")
+    grid_mask = jnp.zeros((n * seq,), jnp.float32).at[target].set(1.0, mode="drop")
+    return grid.reshape(n, seq), grid_mask.reshape(n, seq)
+
+
+def verified_samples(stats: SequenceStats) -> tuple[dict[str, Array], Array]:
+    """NFT: each completion slot's per-token log-probs under the policy and the rollout policy
+    (the step's reference), aligned ``[N, L]``, with slot fields ``labels`` (verifier said
+    correct) and ``group_accuracy``; one example per completion.
+
+    The rollout policy's log-probs are per token, so they must be computed in the step
+    (reference parameters), not read from a sequence-level reference cache.
+    """
+    if stats.ref_token_logps is None:
+        raise ValueError(
+            "NFT needs per-token log-probs of the rollout policy, computed in the step from the "
+            "reference parameters; a cached (sequence-level) reference cannot provide them"
+        )
+    for key in ("labels", "group_accuracy"):
+        if key not in stats.fields:
+            raise ValueError(f"NFT batches need the slot field {key!r} "
+                             f"(have {sorted(stats.fields)})")
+    policy, mask = slot_token_grid(stats, stats.token_logps)
+    old, _ = slot_token_grid(stats, stats.ref_token_logps)
+    labels = stats.fields["labels"]
+    return {
+        "policy_token_logps": policy,
+        "old_token_logps": old,
+        "token_mask": mask * stats.valid[:, None],
+        "labels": labels,
+        "group_accuracy": stats.fields["group_accuracy"],
+        "desirable": stats.valid * labels,
+        "undesirable": stats.valid * (1.0 - labels),
+    }, stats.valid
+
+
+def _rewards(stats: SequenceStats) -> Array:
+    if stats.rewards is None:
+        raise ValueError(
+            "this objective reads scalar rewards, but the model has no reward head: set "
+            "ModelConfig.reward_head=True (fbjax.models.config)"
+        )
+    return stats.rewards
+
+
+def reward_pairs(stats: SequenceStats) -> tuple[dict[str, Array], Array]:
+    """Reward-model pairs: the scalar head's reward of slots ``(2i, 2i + 1)`` = (chosen,
+    rejected), plus the chosen slot's fields (e.g. a per-pair ``margins``)."""
+    rewards = _rewards(stats)
+    valid = stats.valid[0::2] * stats.valid[1::2]
+    return {
+        "chosen_rewards": rewards[0::2],
+        "rejected_rewards": rewards[1::2],
+        **{k: v[0::2] for k, v in stats.fields.items()},
+    }, valid
+
+
+reward_pairs.reads_rewards = True
+
+
+def reward_rankings(group_size: int):
+    """Reward-model rankings (InstructGPT's K-wise comparisons): groups of ``group_size``
+    consecutive slots, ``rewards [G, K]`` from the scalar head, ``ranks [G, K]`` from the slot
+    field ``ranks`` (0 = best) or, without it, the slot order (best first)."""
+    grouped = listwise(group_size)
+
+    def ranking_inputs(stats: SequenceStats) -> tuple[dict[str, Array], Array]:
+        rewards = _rewards(stats)
+        arrays, weights = grouped(dataclasses.replace(stats, logps=rewards))
+        ranks = arrays.get("ranks")
+        if ranks is None:
+            ranks = jnp.broadcast_to(jnp.arange(group_size, dtype=jnp.float32),
+                                     arrays["valid"].shape)
+        return {"rewards": arrays["policy_logps"], "ranks": ranks,
+                "valid": arrays["valid"]}, weights
+
+    ranking_inputs.__name__ = f"reward_rankings_{group_size}"
+    ranking_inputs.reads_rewards = True
+    return ranking_inputs
 
 
 def listwise(group_size: int):

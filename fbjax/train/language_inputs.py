@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from fbjax.objectives import language, supervised
 from fbjax.objectives.language import SCOPE_IN_CHOSEN, SCOPE_NEAR, SCOPE_OUT
 from fbjax.train import inputs
+from fbjax.train.inputs import slot_token_grid
 from fbjax.train.objective import Objective, SequenceStats
 
 Array = jax.Array
@@ -37,36 +38,6 @@ def sequences_with_kind(stats: SequenceStats) -> tuple[dict[str, Array], Array]:
     arrays, weights = inputs.sequences(stats)
     arrays.setdefault("pretraining", jnp.zeros_like(stats.valid))
     return arrays, weights
-
-
-def slot_token_grid(stats: SequenceStats, values: Array) -> tuple[Array, Array]:
-    """Per-token ``values [B, L]`` regrouped by completion slot: ``([N, L], mask [N, L])`` where
-    entry ``[n, j]`` is the ``j``-th scored token of slot ``n`` (``N = B * K``, slots flattened
-    row-major as everywhere else).
-
-    The step hands objectives no slot ids per token, so they are recovered from what it does
-    hand over: the packer writes a row's slots left to right, so the scored tokens of slot ``k``
-    are the ``lengths[k]`` scored tokens after those of slots ``< k``. This needs 0/1 loss masks
-    (``lengths`` are then token counts), which every layout built on it guarantees.
-    """
-    mask = stats.token_mask
-    b, seq = mask.shape
-    n = stats.lengths.shape[0]
-    k = n // b
-    scored = mask > 0
-    rank = jnp.cumsum(scored.astype(jnp.int32), axis=1) - 1  # j-th scored token of the row
-    counts = jnp.round(stats.lengths).astype(jnp.int32).reshape(b, k)
-    ends = jnp.cumsum(counts, axis=1)
-    starts = ends - counts
-    slot = jnp.sum(rank[:, :, None] >= ends[:, None, :], axis=-1)  # [B, L] in [0, K]
-    slot_c = jnp.minimum(slot, k - 1)
-    within = rank - jnp.take_along_axis(starts, slot_c, axis=1)
-    target = (jnp.arange(b)[:, None] * k + slot_c) * seq + within
-    # Unscored positions are sent out of bounds and dropped by the scatter.
-    target = jnp.where(scored & (slot < k), target, n * seq).reshape(-1)
-    grid = jnp.zeros((n * seq,), values.dtype).at[target].set(values.reshape(-1), mode="drop")
-    grid_mask = jnp.zeros((n * seq,), jnp.float32).at[target].set(1.0, mode="drop")
-    return grid.reshape(n, seq), grid_mask.reshape(n, seq)
 
 
 def aligned_pairs(stats: SequenceStats) -> tuple[dict[str, Array], Array]:

@@ -40,6 +40,8 @@ class SequenceStats:
     token_mask: Array  # [B, L] loss mask
     ref_token_logps: Array | None  # [B, L] under the reference, when computed in-step
     fields: Mapping[str, Array]  # other slot-level batch fields, flattened to [N]
+    # [N] scalar-head rewards at each completion's last token; None for models without a head.
+    rewards: Array | None = None
 
 
 jax.tree_util.register_dataclass(
@@ -74,6 +76,9 @@ class Objective:
     init_state: Callable[[], Any] | None = None
     # Metrics reduced over a subset of examples: name -> name of a weight array from ``inputs``.
     metric_weights: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # The step computes reference log-probs for losses with ``ref_*`` arguments. Set this when a
+    # loss reads them under another name: NFT's ``old_*`` rollout policy is the step's reference.
+    reads_reference: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "hparams", MappingProxyType(dict(self.hparams)))
@@ -95,7 +100,14 @@ class Objective:
 
     @property
     def needs_reference(self) -> bool:
-        return any(n.startswith("ref_") for n in _positional_names(self.loss))
+        return self.reads_reference or any(
+            n.startswith("ref_") for n in _positional_names(self.loss)
+        )
+
+    @property
+    def reads_rewards(self) -> bool:
+        """Whether the layout reads a scalar reward head (reward models) instead of log-probs."""
+        return bool(getattr(self.inputs, "reads_rewards", False))
 
 
 def apply_objective(

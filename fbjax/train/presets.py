@@ -9,6 +9,7 @@ lookup is the one literal dict :data:`OBJECTIVES`.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import jax
@@ -97,6 +98,13 @@ def bco(**hparams) -> Objective:
     )
 
 
+def bco_udm(**hparams) -> Objective:
+    """BCO with underlying distribution matching: as :func:`bco`, with undesirable examples
+    weighted by the density ratio in each slot's ``udm_weights`` field, which
+    :func:`fbjax.train.udm.attach_udm_weights` computes once from the prompts before training."""
+    return dataclasses.replace(bco(**hparams), loss=binary.bco_udm)
+
+
 def pmpo(**hparams) -> Objective:
     """PMPO over thumbs-up/down sequences (positives only, negatives only, or both)."""
     return Objective(
@@ -122,6 +130,38 @@ def d2o(num_samples: int, **hparams) -> Objective:
     )
 
 
+def nft(**hparams) -> Objective:
+    """NFT over verifier-labelled samples (slot fields ``labels``, ``group_accuracy``).
+
+    The loss's ratios are to the policy that sampled the data; in a run on fixed samples from
+    the starting policy that is the step's reference, computed per token in the step.
+    """
+    return Objective(
+        loss=negative.nft, inputs=inputs.verified_samples, hparams=hparams, reads_reference=True,
+        metric_weights={"logps/chosen": "desirable", "logps/rejected": "undesirable"},
+    )
+
+
+def reward_model(**hparams) -> Objective:
+    """Bradley-Terry reward model on (chosen, rejected) pairs, scored by the scalar head
+    (``ModelConfig.reward_head``). With a per-pair ``margins`` slot field, use
+    :func:`reward_model_margin`."""
+    return Objective(loss=preference.bradley_terry, inputs=inputs.reward_pairs, hparams=hparams)
+
+
+def reward_model_margin(**hparams) -> Objective:
+    """Bradley-Terry reward model with each pair's margin read from the ``margins`` field."""
+    return Objective(loss=preference.bradley_terry_margin, inputs=inputs.reward_pairs,
+                     hparams=hparams)
+
+
+def kwise_reward_model(group_size: int, **hparams) -> Objective:
+    """InstructGPT's reward model: all pairs of each prompt's ``group_size`` ranked completions
+    (slot field ``ranks``, 0 = best, or best-first slot order) as one example."""
+    return Objective(loss=preference.kwise_bradley_terry,
+                     inputs=inputs.reward_rankings(group_size), hparams=hparams)
+
+
 # The one place names map to objectives (for ``--set``-free CLI use and experiment tables).
 OBJECTIVES = {
     "sft": sft,
@@ -140,4 +180,9 @@ OBJECTIVES = {
     "npo": npo,
     "unlikelihood": unlikelihood,
     "d2o": d2o,
+    "nft": nft,
+    "bco_udm": bco_udm,
+    "reward_model": reward_model,
+    "reward_model_margin": reward_model_margin,
+    "kwise_reward_model": kwise_reward_model,
 }

@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fbjax import sharding as fsh
 from fbjax.models.config import ModelConfig
-from fbjax.models.decoder import Decoder, output_projection
+from fbjax.models.decoder import Decoder, has_lm_head, output_projection, token_rewards
 from fbjax.objectives import logprobs
 from fbjax.train.objective import Objective, SequenceStats, apply_objective
 from fbjax.train.state import TrainState
@@ -47,13 +47,29 @@ def hidden_states(model: Decoder, params: Any, batch: Batch) -> Array:
     return hidden
 
 
-def token_logps(model: Decoder, params: Any, batch: Batch, *, chunk_size: int) -> Array:
-    """``[B, L]`` float32 log-probs of each token under ``params`` (vocab-chunked)."""
-    hidden = hidden_states(model, params, batch)
+def _token_logps_from_hidden(
+    model: Decoder, params: Any, hidden: Array, batch: Batch, *, chunk_size: int
+) -> Array:
     w = output_projection(params, model.config)
     return logprobs.token_logps(
         hidden, w, batch["tokens"], batch["predictor"], chunk_size=chunk_size
     )
+
+
+def token_logps(model: Decoder, params: Any, batch: Batch, *, chunk_size: int) -> Array:
+    """``[B, L]`` float32 log-probs of each token under ``params`` (vocab-chunked)."""
+    hidden = hidden_states(model, params, batch)
+    return _token_logps_from_hidden(model, params, hidden, batch, chunk_size=chunk_size)
+
+
+def last_token_mask(batch: Batch) -> Array:
+    """``[B, L]`` 1.0 at the last scored token of each completion slot (where a reward model
+    reads its score): scored, and the next position is unscored or another slot's."""
+    mask = batch["loss_mask"] > 0
+    slots = batch["slot_ids"]
+    next_mask = jnp.pad(mask[:, 1:], ((0, 0), (0, 1)))
+    next_same = jnp.pad(slots[:, 1:] == slots[:, :-1], ((0, 0), (0, 1)))
+    return (mask & ~(next_mask & next_same)).astype(jnp.float32)
 
 
 def sequence_stats(
@@ -68,7 +84,17 @@ def sequence_stats(
     """Per-token and per-completion statistics of a batch (docs/batch_layout.md)."""
     mask = batch["loss_mask"].astype(jnp.float32)
     num_slots = batch["slot_valid"].shape[1]
-    tok = token_logps(model, params, batch, chunk_size=chunk_size)
+    hidden = hidden_states(model, params, batch)
+    if has_lm_head(model.config):
+        tok = _token_logps_from_hidden(model, params, hidden, batch, chunk_size=chunk_size)
+    else:  # a reward model: train_step admits only layouts that read the rewards
+        tok = jnp.zeros(mask.shape, jnp.float32)
+    rewards = None
+    if model.config.reward_head:
+        rewards = logprobs.sequence_sums(
+            token_rewards(params, model.config, hidden), last_token_mask(batch),
+            batch["slot_ids"], num_slots,
+        ).reshape(-1)
     seq = logprobs.sequence_sums(tok, mask, batch["slot_ids"], num_slots).reshape(-1)
     lengths = logprobs.sequence_sums(jnp.ones_like(mask), mask, batch["slot_ids"], num_slots)
     ref_seq = ref_tok = None
@@ -94,6 +120,7 @@ def sequence_stats(
         token_mask=mask,
         ref_token_logps=ref_tok,
         fields=fields,
+        rewards=rewards,
     )
 
 
@@ -128,6 +155,11 @@ def train_step(
     A non-finite loss or gradient leaves the state unchanged (``nonfinite`` metric = 1); the
     loop turns that into an error naming the step.
     """
+    if not has_lm_head(model.config) and not objective.reads_rewards:
+        raise ValueError(
+            f"objective {objective.name} reads log-probs, but the model is a reward model with no "
+            "LM head (ModelConfig.reward_head=True, untied embeddings)"
+        )
     rng = jax.random.fold_in(state.rng, state.step)
     need_ref = objective.needs_reference
 

@@ -142,3 +142,83 @@ def test_bco_resume_keeps_reward_shift(tmp_path, mesh):
     jax.tree.map(np.testing.assert_array_equal, shift_resumed, shift_full)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.state.params),
                  jax.device_get(full.state.params))
+
+
+def test_reward_model_learns_the_preferences(mesh):
+    """Bradley-Terry on the scalar head: held-in pair accuracy and margin rise."""
+    groups = random_groups(24, completions=2, vocab=MODEL.vocab_size, seed=9)
+    config = ExperimentConfig(
+        name="rm", model=dataclasses.replace(MODEL, reward_head=True),
+        objective=presets.reward_model(),
+        optimizer=OptimizerConfig(learning_rate=3e-3, schedule="constant"),
+        train=TrainConfig(steps=STEPS, batch_rows=4, seq_len=64, slots_per_row=8, log_every=1),
+        mesh=fsh.MeshConfig(shape=(1, 2, 1), rules=fsh.RULES_FSDP),
+    )
+    result = recipes.train_on_groups(config, groups, recipes.random_params(config, mesh, 0),
+                                     mesh=mesh, workdir=None, progress=False)
+    before, after = _first_last(result.history, "rewards/margin")
+    assert after > before + 0.1, (before, after)
+    assert np.mean([h["rewards/accuracy"] for h in result.history[-3:]]) > 0.8
+
+
+def test_kwise_reward_model_orders_the_ranking(mesh):
+    groups = _with(random_groups(16, completions=4, vocab=MODEL.vocab_size, seed=10),
+                   ranks=lambda i, g: (2.0, 0.0, 3.0, 1.0))
+    config = ExperimentConfig(
+        name="kwise", model=dataclasses.replace(MODEL, reward_head=True),
+        objective=presets.kwise_reward_model(4),
+        optimizer=OptimizerConfig(learning_rate=3e-3, schedule="constant"),
+        train=TrainConfig(steps=STEPS, batch_rows=4, seq_len=64, slots_per_row=8, log_every=1),
+        mesh=fsh.MeshConfig(shape=(1, 2, 1), rules=fsh.RULES_FSDP),
+    )
+    result = recipes.train_on_groups(config, groups, recipes.random_params(config, mesh, 0),
+                                     mesh=mesh, workdir=None, progress=False)
+    before, after = _first_last(result.history, "loss")
+    assert after < before - 0.05, (before, after)
+
+
+def test_nft_raises_correct_over_wrong_samples(mesh):
+    """NFT's ratios are to the step's reference (the rollout policy): correct samples' log-probs
+    rise relative to wrong ones."""
+    groups = _with(random_groups(16, completions=4, vocab=MODEL.vocab_size, seed=11),
+                   labels=lambda i, g: (1.0, 0.0, 1.0, 0.0),
+                   group_accuracy=lambda i, g: (0.5,) * 4)
+    history = _train(presets.nft(token_normalizer=1.0), groups, mesh)
+    gap = [h["logps/chosen"] - h["logps/rejected"] for h in history]
+    assert np.mean(gap[-3:]) > gap[0] + 0.1, (gap[0], gap[-3:])
+    assert history[0]["ratio"] == pytest.approx(1.0, abs=1e-5)  # policy == rollout at step 0
+
+
+def test_udm_weights_favour_undesirable_prompts_that_look_desirable():
+    from fbjax.train import udm
+
+    groups = random_groups(40, completions=1, vocab=MODEL.vocab_size, seed=12)
+    # Desirable prompts sit at +1; undesirable ones half at -1, half among the desirable ones.
+    labels = [1.0] * 20 + [0.0] * 20
+    where = [1.0] * 20 + [-1.0] * 10 + [1.0] * 10
+    groups = [dataclasses.replace(g, slot_fields={"labels": (y,)})
+              for g, y in zip(groups, labels)]
+    noise = np.random.default_rng(0).normal(scale=0.3, size=(40, 2))
+    table = {id(g.prompt): np.array([x, 0.0]) + n for g, x, n in zip(groups, where, noise)}
+    weighted = udm.attach_udm_weights(groups, lambda ps: np.stack([table[id(p)] for p in ps]))
+    w = np.array([g.slot_fields["udm_weights"][0] for g in weighted])
+    assert np.all(w[:20] == 1.0)
+    assert w[30:].mean() > 1.5 and w[20:30].mean() < 0.7  # clipped to [0.5, 10]
+    assert w[20:].min() >= 0.5
+
+
+def test_bco_udm_trains_with_model_embeddings(mesh):
+    from fbjax.train import udm
+
+    groups = _with(random_groups(32, completions=1, vocab=MODEL.vocab_size, seed=13),
+                   labels=lambda i, g: (float(i % 2),))
+    params = jax.device_get(recipes.random_params(
+        ExperimentConfig(name="e", model=MODEL, objective=presets.sft(),
+                         optimizer=OptimizerConfig(), train=TrainConfig(),
+                         mesh=fsh.MeshConfig(shape=(1, 2, 1))), mesh, 0))
+    groups = udm.attach_udm_weights(groups, udm.mean_hidden_states(MODEL, params))
+    history = _train(presets.bco_udm(), groups, mesh)
+    gap = [h["logps/chosen"] - h["logps/rejected"] for h in history]
+    assert np.mean(gap[-3:]) > gap[0] + 0.05, (gap[0], gap[-3:])
+    w = np.array([h["udm_weight"] for h in history])
+    assert np.all(np.isfinite(w)) and not np.allclose(w, 1.0)
