@@ -11,7 +11,8 @@
   :func:`generate`, :func:`kl_to_reference`; and :func:`export_hf` to Hugging Face safetensors.
 
 A checkpoint directory is a run's workdir (``fbjax train --workdir``) or its ``checkpoints/``
-subdirectory; the tokenizer is taken from the workdir's ``tokenizer.model`` when present.
+subdirectory; the tokenizer is taken from the workdir (its ``tokenizer.model`` or Hugging Face
+``tokenizer.json``, whichever the run saved) when present.
 """
 
 from __future__ import annotations
@@ -53,8 +54,13 @@ def _locate(path: str | os.PathLike) -> tuple[str, str]:
 
 
 def _tokenizer_path(workdir: str) -> str | None:
-    path = os.path.join(workdir, TOKENIZER_FILE)
-    return path if os.path.isfile(path) else None
+    from fbjax.hf_tokenizer import TOKENIZER_FILE as HF_TOKENIZER_FILE
+
+    for name in (TOKENIZER_FILE, HF_TOKENIZER_FILE):
+        path = os.path.join(workdir, name)
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 def _chosen_step(status: Mapping[int, str | None], step: int | None, root: str) -> int:
@@ -167,7 +173,7 @@ def describe_checkpoint(ckpt_dir: str | os.PathLike, step: int | None = None) ->
     reference = extras.get("reference")
     lines.append(f"reference: {_json(reference) if reference is not None else 'none recorded'}")
     tokenizer = _tokenizer_path(workdir)
-    lines.append(f"tokenizer: {tokenizer or 'none (no ' + TOKENIZER_FILE + ' in the workdir)'}")
+    lines.append(f"tokenizer: {tokenizer or 'none saved in the workdir'}")
     return "\n".join(lines)
 
 
@@ -180,7 +186,7 @@ class Policy:
 
     ``params`` is the unboxed parameter tree (on ``mesh`` or one device); ``config`` the
     experiment config saved with the checkpoint (JSON, as ``fbjax.config.to_jsonable`` wrote
-    it); ``tokenizer`` is None when the workdir has no ``tokenizer.model``; ``which`` says
+    it); ``tokenizer`` is None when the workdir holds no tokenizer; ``which`` says
     whether these are the trained ``params`` or the saved ``ref_params``.
     """
 
@@ -276,7 +282,7 @@ def load_policy(
         model_config=model_config,
         params=params,
         step=restored_step,
-        tokenizer=tok.Tokenizer.load(tokenizer_path) if tokenizer_path else None,
+        tokenizer=tok.load_tokenizer(workdir) if tokenizer_path else None,
         config=extras.get("config"),
         metrics=dict(extras.get("metrics") or {}),
         directory=root,
@@ -304,8 +310,8 @@ def to_groups(data: Sequence[Any], tokenizer: Any = None) -> list[packing.Group]
             groups.append(item)
             continue
         if tokenizer is None:
-            raise ValueError("typed examples need a tokenizer (the workdir has no "
-                             f"{TOKENIZER_FILE}); pass token groups instead")
+            raise ValueError("typed examples need a tokenizer (the workdir holds "
+                             "none); pass token groups instead")
         if isinstance(item, ex.PairedExample):
             groups.append(encode.paired([item], tokenizer)[0])
         elif isinstance(item, ex.BinaryExample):
@@ -418,7 +424,7 @@ def sample(
 
     if policy.tokenizer is None:
         raise ValueError(f"sampling from text needs a tokenizer; {policy.directory} has no "
-                         f"{TOKENIZER_FILE} next to it")
+                         "tokenizer next to it")
     config = sampling_config or sampling.SamplingConfig(max_new_tokens=64)
     return evaluation.sample(policy.params, policy.model_config, policy.tokenizer, list(prompts),
                              sampling_config=config, rng=_key(rng))
@@ -475,6 +481,7 @@ def export_hf(
     files = hf.save_hf(out_dir, policy.model_config, policy.params,
                        max_shard_size=max_shard_size, extra_config=extra)
     if policy.tokenizer is not None:
-        policy.tokenizer.save(os.path.join(out_dir, TOKENIZER_FILE))
-        files.append(TOKENIZER_FILE)
+        from fbjax.tokenizer import save_tokenizer
+
+        files.append(os.path.basename(save_tokenizer(policy.tokenizer, out_dir)))
     return files

@@ -19,12 +19,17 @@ Three things are kept explicit rather than hidden in configuration:
 Models trained by :func:`train_sentencepiece` use the identity normalizer, no dummy prefix and no
 whitespace folding, so ``decode(encode(s)) == s`` for every string (byte fallback covers any
 character) and the concatenation of separately encoded segments decodes to the concatenated text.
+
+Checkpoints that ship a Hugging Face ``tokenizer.json`` instead (GPT-2, Llama-3, Qwen2) load as
+:class:`fbjax.hf_tokenizer.HFTokenizer`, which has the same interface; :func:`load_tokenizer`
+picks the right one for a checkpoint directory and :func:`save_tokenizer` writes either.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import re
 from typing import Iterable, Sequence
@@ -32,6 +37,10 @@ from typing import Iterable, Sequence
 import sentencepiece as spm
 
 from fbjax.data.templates import Segment
+
+# Beside a saved ``tokenizer.model``: the tokens :meth:`Tokenizer.with_added_tokens` appended.
+ADDED_TOKENS_SUFFIX = ".added_tokens.json"
+SENTENCEPIECE_FILE = "tokenizer.model"
 
 # Gemma's layout of the four special ids; any fixed choice works, this one keeps pad = 0 so that
 # zero-initialised buffers are padding.
@@ -102,14 +111,19 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, added_tokens: Sequence[str] = ()) -> "Tokenizer":
-        """Loads a ``tokenizer.model`` file (Llama/Gemma style sentencepiece proto)."""
+        """Loads a ``tokenizer.model`` file (Llama/Gemma style sentencepiece proto).
+
+        Added tokens that :meth:`save` recorded beside it (``<path>.added_tokens.json``) come
+        first, then ``added_tokens`` (as :meth:`with_added_tokens`).
+        """
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"tokenizer model file not found: {path}")
         with open(path, "rb") as f:
             proto = f.read()
+        saved = _read_added_tokens(path + ADDED_TOKENS_SUFFIX)
         try:
-            return cls(proto, added_tokens)
+            return cls(proto, saved).with_added_tokens(added_tokens)
         except ValueError as e:
             raise ValueError(f"cannot load tokenizer from {path}: {e}") from e
 
@@ -127,9 +141,18 @@ class Tokenizer:
         return Tokenizer(self._proto, tuple(new))
 
     def save(self, path: str | os.PathLike) -> None:
-        """Writes the base sentencepiece model (added tokens are not part of the proto)."""
+        """Writes the base sentencepiece model, and the added tokens (which the proto cannot
+        hold) to ``<path>.added_tokens.json``, which :meth:`load` reads back."""
+        path = os.fspath(path)
         with open(path, "wb") as f:
             f.write(self._proto)
+        sidecar = path + ADDED_TOKENS_SUFFIX
+        if self._added:
+            with open(sidecar, "w", encoding="utf-8") as f:
+                json.dump({"added_tokens": list(self._added)}, f, indent=2, ensure_ascii=False)
+        elif os.path.exists(sidecar):
+            # A stale list from an earlier save would add tokens this tokenizer does not have.
+            os.remove(sidecar)
 
     # ---------------------------------------------------------------- vocabulary
 
@@ -263,6 +286,63 @@ class Tokenizer:
                 f"token ids {bad[:5]} are outside the tokenizer's vocabulary "
                 f"[0, {self.vocab_size})"
             )
+
+
+def _read_added_tokens(path: str) -> tuple[str, ...]:
+    if not os.path.isfile(path):
+        return ()
+    try:
+        with open(path, encoding="utf-8") as f:
+            tokens = json.load(f)["added_tokens"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"cannot read added tokens from {path}: {e!r}") from e
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise ValueError(f"{path}: 'added_tokens' must be a list of strings")
+    return tuple(tokens)
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer of a checkpoint directory or a tokenizer file.
+
+    A directory: its sentencepiece ``tokenizer.model`` if it has one (Llama-2, Mistral, Gemma;
+    they often also ship a ``tokenizer.json``, which then is not used), else its Hugging Face
+    ``tokenizer.json`` (GPT-2, Llama-3, Qwen2) as :class:`fbjax.hf_tokenizer.HFTokenizer`. A file:
+    ``*.json`` is a ``tokenizer.json``, anything else a sentencepiece model.
+    """
+    from fbjax.hf_tokenizer import TOKENIZER_FILE, HFTokenizer
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, SENTENCEPIECE_FILE)):
+            return Tokenizer.load(os.path.join(path, SENTENCEPIECE_FILE))
+        if os.path.isfile(os.path.join(path, TOKENIZER_FILE)):
+            return HFTokenizer.load(path)
+        raise FileNotFoundError(
+            f"no tokenizer in {path}: looked for {SENTENCEPIECE_FILE} (sentencepiece) and "
+            f"{TOKENIZER_FILE} (Hugging Face tokenizers)"
+        )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"tokenizer not found: {path} (neither a file nor a directory)")
+    if path.endswith(".json"):
+        return HFTokenizer.load(path)
+    return Tokenizer.load(path)
+
+
+def save_tokenizer(tokenizer, directory: str | os.PathLike) -> str:
+    """Writes ``tokenizer`` into ``directory`` under its conventional name(s), so that
+    :func:`load_tokenizer` (directory) reads it back; returns the main file's path."""
+    from fbjax.hf_tokenizer import TOKENIZER_FILE, HFTokenizer
+
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    if isinstance(tokenizer, HFTokenizer):
+        tokenizer.save(directory)
+        return os.path.join(directory, TOKENIZER_FILE)
+    if isinstance(tokenizer, Tokenizer):
+        path = os.path.join(directory, SENTENCEPIECE_FILE)
+        tokenizer.save(path)
+        return path
+    raise TypeError(f"cannot save a {type(tokenizer).__name__}: not an fbjax tokenizer")
 
 
 def _piece_id(sp: spm.SentencePieceProcessor, token: str) -> int | None:

@@ -21,7 +21,9 @@ from fbjax.tokenizer import (
     Tokenizer,
     check_vocab,
     get_chat_template,
+    load_tokenizer,
     render_chat,
+    save_tokenizer,
     train_sentencepiece,
 )
 
@@ -109,6 +111,38 @@ def test_save_load(tok, tmp_path):
     out = tmp_path / "again.model"
     train_sentencepiece(_corpus(), vocab_size=320, user_defined_symbols=SYMBOLS, out_path=out)
     assert out.read_bytes() == tok.model_proto
+
+
+def test_added_tokens_survive_save_load(tok, tmp_path):
+    t = tok.with_added_tokens(["<start_of_turn>", "<end_of_turn>"])
+    path = tmp_path / "tokenizer.model"
+    t.save(path)
+    # The proto stays the base model (other readers see the same file); the tokens sit beside.
+    assert path.read_bytes() == tok.model_proto
+    assert json.loads((tmp_path / "tokenizer.model.added_tokens.json").read_text()) == {
+        "added_tokens": ["<start_of_turn>", "<end_of_turn>"]}
+    loaded = Tokenizer.load(path)
+    assert loaded == t and loaded.token_to_id("<end_of_turn>") == 321
+    assert Tokenizer.load(path, added_tokens=["<x>", "<end_of_turn>"]).added_tokens == (
+        "<start_of_turn>", "<end_of_turn>", "<x>")
+    assert load_tokenizer(tmp_path) == t  # a directory: its tokenizer.model
+    # Saving a tokenizer without added tokens over it removes the stale list.
+    tok.save(path)
+    assert not (tmp_path / "tokenizer.model.added_tokens.json").exists()
+    assert Tokenizer.load(path) == tok
+    (tmp_path / "tokenizer.model.added_tokens.json").write_text('{"added_tokens": "<x>"}')
+    with pytest.raises(ValueError, match="added_tokens.json: 'added_tokens' must be a list"):
+        Tokenizer.load(path)
+
+
+def test_save_tokenizer_and_load_tokenizer_dispatch(tok, tmp_path):
+    assert save_tokenizer(tok, tmp_path / "w") == str(tmp_path / "w" / "tokenizer.model")
+    assert load_tokenizer(tmp_path / "w") == tok
+    assert load_tokenizer(tmp_path / "w" / "tokenizer.model") == tok
+    with pytest.raises(FileNotFoundError, match="looked for tokenizer.model"):
+        load_tokenizer(tmp_path)
+    with pytest.raises(TypeError, match="not an fbjax tokenizer"):
+        save_tokenizer(object(), tmp_path)
 
 
 def test_load_errors_name_the_file(tmp_path):

@@ -360,8 +360,10 @@ class Dataset:
     groups by ``encoder`` (e.g. ``encode.paired``, ``functools.partial(encode.unpaired,
     kl_offset=None)``), prompts rendered by ``template`` (:class:`Transcript`, :class:`Chat`, or
     None for ``encode.default_prompt_text``: a lone user turn verbatim, conversations as
-    transcripts), tokenized by the sentencepiece model at ``tokenizer_path`` (usually the
-    ``tokenizer.model`` that ``fbjax convert`` copies next to the converted checkpoint).
+    transcripts), tokenized by the tokenizer at ``tokenizer_path`` (a sentencepiece
+    ``tokenizer.model``, a ``tokenizer.json``, or a directory holding one:
+    ``fbjax.tokenizer.load_tokenizer``). Empty means the tokenizer of the checkpoint the run
+    starts from (``init_from``), which :func:`fbjax.recipes.run_single` passes in.
     """
 
     source: Any
@@ -374,15 +376,20 @@ class Dataset:
             if not isinstance(leaf, Source):
                 raise TypeError(f"{type(leaf).__name__} is not a data source (needs examples())")
 
-    def tokenizer(self):
-        from fbjax.tokenizer import Tokenizer
+    def tokenizer(self, checkpoint_dir: str | None = None):
+        """The tokenizer at ``tokenizer_path``, or when that is empty the one in
+        ``checkpoint_dir`` (the resolved ``init_from``)."""
+        from fbjax.tokenizer import load_tokenizer
 
-        if not self.tokenizer_path:
+        if self.tokenizer_path:
+            return load_tokenizer(self.tokenizer_path)
+        if checkpoint_dir is None:
             raise ValueError(
-                "data.tokenizer_path is empty: point it at the checkpoint's sentencepiece "
-                "tokenizer.model (--set data.tokenizer_path=...)"
+                "data.tokenizer_path is empty and the run starts from no checkpoint (init_from) "
+                "whose tokenizer could be used: point it at a tokenizer.model, tokenizer.json or "
+                "checkpoint directory (--set data.tokenizer_path=...)"
             )
-        return Tokenizer.load(self.tokenizer_path)
+        return load_tokenizer(checkpoint_dir)
 
     def prompt_text(self) -> Callable[[ex.Prompt], str]:
         if self.template is None:
