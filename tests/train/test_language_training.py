@@ -358,10 +358,15 @@ def test_cut_lowers_flagged_tokens(env):
     assert 0.0 < history[-1]["cut/flagged_fraction"] < 1.0
     plain1 = np.concatenate(token_logps(env, params, [p for p, _ in pairs]))
     delta = plain1 - plain0
-    # Flagged tokens lose probability without the judgment, clearly more than the others.
+    # Flagged tokens lose probability without the judgment, clearly more than the others. The
+    # others are not trained under the plain prompt; most barely move, but a few (the same token
+    # ids as flagged ones elsewhere) fall by several nats, so their mean swings with the CPU's
+    # float rounding (it passed on one machine and not on another): compare medians and the
+    # share of tokens that fell, which such a tail does not move.
     assert delta[flagged].mean() < -0.5, delta[flagged].mean()
-    assert delta[flagged].mean() < delta[~flagged].mean() - 0.3, (
-        delta[flagged].mean(), delta[~flagged].mean())
+    assert np.median(delta[flagged]) < np.median(delta[~flagged]) - 0.3, (
+        np.median(delta[flagged]), np.median(delta[~flagged]))
+    assert (delta[flagged] < 0).mean() > (delta[~flagged] < 0).mean() + 0.2
 
 
 def test_token_weighted_lowers_faulty_tokens(env):
