@@ -15,7 +15,11 @@ masked so it cannot copy; at test time it is prompted with a positive phrase.
   single epoch are unverified.
 * Expected (Sec. 4, as recalled): CoH above SFT and RLHF baselines in ROUGE and human preference
   on TL;DR and in human preference on HH dialogue; no number recorded here.
-* ``sim``: each prompt's 4 samples, phrased good (reward 1) or bad, in one hindsight sequence.
+* ``sim``: each prompt's 4 samples, phrased good (reward 1) or bad, in one hindsight sequence,
+  every output ended by a trained EOS (the reference code's single-output sequences teach the
+  same stop; without it the policy never ended the output it is prompted for), 1,080 steps.
+  The ``paper`` sequences (``common.coh_groups``) end every output with EOS too, in place of
+  the reference code's mixture of one- and two-output sequences.
 * Compute (``paper``): 3,964 steps (one epoch) of 64 padded 1024-token rows on a 7B model.
 
 Run::
@@ -24,6 +28,8 @@ Run::
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from experiments import common, dpo_rafailov2023
 from experiments import feedback_families as ff
@@ -63,10 +69,13 @@ def paper() -> ExperimentConfig:
     )
 
 
+# The policy has to learn to read the phrase: at the likelihood methods' 360 steps samples under
+# "A helpful answer:" and "An unhelpful answer:" were the same (oracle reward 0.35 either way),
+# at 720 the helpful ones were ahead (0.51 vs 0.33), at 1,080 clearly (0.68 vs 0.34).
 METHOD = Method(
     name="CoH", family="language feedback", feedback="good/bad hindsight phrases",
     objective=language_inputs.chain_of_hindsight(), build_data=common.hindsight,
-    train=common.SIM_LM_TRAIN, optimizer=common.SIM_LM_OPTIMIZER,
+    train=dataclasses.replace(common.SIM_LM_TRAIN, steps=1080), optimizer=common.SIM_LM_OPTIMIZER,
     eval_prompt=ff.coh_eval_prompt,
 )
 

@@ -20,6 +20,7 @@ methods from one shared SFT start (the experiment tables and the tests use it), 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import Any, Callable, Sequence
 
@@ -34,7 +35,9 @@ from fbjax.data import encode, language, templates
 from fbjax.data import examples as ex
 from fbjax.data.packing import Group
 from fbjax.models import config as mc
+from fbjax.objectives import binary
 from fbjax.tokenizer import ChatTemplate
+from fbjax.train.objective import Objective
 from fbjax.train.optim import OptimizerConfig
 
 # ============================================================================ paper variants
@@ -68,12 +71,14 @@ class OnlineEncoder:
 
 
 def hf(name: str) -> str:
-    """``init_from`` for a Hugging Face checkpoint (converted with ``fbjax convert --from-hf``)."""
+    """``init_from`` for a Hugging Face checkpoint, read from ``$FBJAX_HF_DIR`` or the hub cache
+    (:func:`fbjax.recipes.resolve_checkpoint`; nothing is downloaded)."""
     return f"hf:{name}"
 
 
 # Architectures of the checkpoints the paper variants start from, as their config.json states
-# them (``fbjax convert`` reads the real file; these make the configs complete offline).
+# them (a run checks them against the real file before training; these make the configs
+# complete offline).
 # Training dtype: bfloat16 matmuls, float32 parameters, per-block rematerialisation.
 _BIG = dict(dtype="bfloat16", remat="block")
 
@@ -213,10 +218,13 @@ def paired_as_ranked(data: Sequence[ex.Example]) -> list[ex.Example]:
 
 def coh_groups(data: Sequence[ex.Example], tokenizer, *, prompt_text, seed: int = 0):
     """Chain of Hindsight sequences from pairs or rankings (``language.chain_of_hindsight_groups``,
-    with its 0-5% past-token masking), shuffled phrases drawn from a seeded generator."""
+    with its 0-5% past-token masking), shuffled phrases drawn from a seeded generator. Every
+    output ends with a trained EOS, so the model learns to stop after the output it is prompted
+    for (see ``templates.chain_of_hindsight``)."""
     rendered = [dataclasses.replace(e, prompt=ex.user_prompt(prompt_text(e.prompt)))
                 for e in paired_as_ranked(data)]
-    return language.chain_of_hindsight_groups(rendered, tokenizer, np.random.default_rng(seed))
+    return language.chain_of_hindsight_groups(rendered, tokenizer, np.random.default_rng(seed),
+                                              eos_after_each=True)
 
 
 # ============================================================================ sim variants
@@ -269,10 +277,59 @@ def preference_pairs(task, pool, tokenizer, rng, *, flip_rate: float = 0.0,
 
 
 def thumbs_without_kl(task, pool, tokenizer, rng):
-    """Thumbs up iff the oracle reward is 1, without KTO's mismatched completions (BCO, PMPO)."""
+    """Thumbs up iff the oracle reward is 1, without KTO's mismatched completions (PMPO)."""
     del rng
     data = sim.feedback.thumbs(task, pool.flat_prompts, pool.flat_texts, threshold=1.0)
     return encode.unpaired(data, tokenizer, kl_offset=None)
+
+
+def balanced_thumbs(task, pool, tokenizer, rng):
+    """Thumbs up iff the oracle reward is 1, with as many thumbs-down as thumbs-up (a random
+    subset of the larger class), without KTO's mismatched completions (BCO).
+
+    BCO's loss is a plain mean over both classes (TRL ``BCOTrainer.bco_loss``) and the paper
+    trains on binarized preference pairs, one thumbs-up and one thumbs-down per prompt. The SFT
+    policy's samples are two thirds wrong: at that mix the pushes down on wrong answers, which
+    share most of their digits with right ones, outweigh the pushes up (0.46 -> 0.36)."""
+    data = sim.feedback.thumbs(task, pool.flat_prompts, pool.flat_texts, threshold=1.0)
+    up = [e for e in data if e.label]
+    down = [e for e in data if not e.label]
+    small, large = sorted((up, down), key=len)
+    keep = sorted(rng.choice(len(large), size=len(small), replace=False).tolist())
+    return encode.unpaired(small + [large[i] for i in keep], tokenizer, kl_offset=None)
+
+
+def pmpo_class_means(objective: Objective, groups: list) -> Objective:
+    """PMPO's alpha and beta for the data's class mix, so that the batch mean of the per-example
+    loss is (up to a constant factor) the paper's objective
+    ``-alpha E_accepted[logp] + (1 - alpha) E_rejected[logp] + beta KL``, whose expectations are
+    per class; a plain batch mean over a mix with a fraction ``p`` accepted would instead weigh
+    accepted and rejected examples ``alpha p : (1 - alpha)(1 - p)``."""
+    labels = np.array([g.slot_fields["labels"][0] for g in groups])
+    p = float(np.clip(labels.mean(), 1e-6, 1 - 1e-6))
+    hp = objective.hparams
+    alpha = hp.get("alpha", inspect.signature(binary.pmpo).parameters["alpha"].default)
+    beta = hp.get("beta", inspect.signature(binary.pmpo).parameters["beta"].default)
+    # Per example: accepted -alpha' logp, rejected (1 - alpha') logp, all beta' KL; matching
+    # alpha' p = c alpha, (1 - alpha')(1 - p) = c (1 - alpha), beta' = c beta.
+    accepted, rejected = alpha / p, (1.0 - alpha) / (1.0 - p)
+    c = 1.0 / (accepted + rejected)
+    return dataclasses.replace(
+        objective, hparams={**hp, "alpha": accepted * c, "beta": beta * c})
+
+
+def fault_tokens(task, pool, tokenizer, rng):
+    """Unlikelihood's negatives as Welleck et al. define them: the tokens that should not have
+    been generated (there, tokens repeating an earlier n-gram; here, the digits the oracle marks
+    wrong, ``task.fault_spans``), not every token of a bad answer. Each wrong sample is one
+    completion whose loss mask is 1 on its wrong tokens only; its right digits and EOS are left
+    alone (pushing those down too, at a learning rate of 1e-4, took the oracle reward from 0.46
+    to 0.13, against 0.31 with the wrong digits only)."""
+    del rng
+    spans = [e for e in sim.feedback.fault_spans(task, pool.flat_prompts, pool.flat_texts)
+             if e.score < 1.0 and e.spans]
+    groups = language.token_reward_groups(spans, tokenizer, fault_weight=1.0, clean_weight=0.0)
+    return [g for g in groups if g.masks[0].any()]
 
 
 def ranked_lists(task, pool, tokenizer, rng):
@@ -331,9 +388,12 @@ def dissatisfaction_pairs(task, pool, tokenizer, rng):
 
 
 def hindsight(task, pool, tokenizer, rng):
-    """Chain of Hindsight sequences over each prompt's ranked samples."""
+    """Chain of Hindsight sequences over each prompt's ranked samples, every output ended by a
+    trained EOS: evaluation samples the first output's position, and with EOS after the last
+    output only the model never learned to stop there (oracle reward 0.07, samples running on
+    with more digits, often up to the 8-token limit)."""
     data = sim.feedback.ranked(task, list(pool.prompts), [list(t) for t in pool.texts])
-    return language.chain_of_hindsight_groups(data, tokenizer, rng)
+    return language.chain_of_hindsight_groups(data, tokenizer, rng, eos_after_each=True)
 
 
 def critiques(task, pool) -> list[ex.FeedbackExample]:
@@ -435,11 +495,11 @@ def pick(variant: str, **builders: Callable[[], Any]):
 # ============================================================================ running
 
 
-def run(config: Any, *, workdir: str, progress: bool = True):
-    """``sim`` configs run SFT + the method (``feedback_families.run``); ``paper`` configs are
-    one training run (``fbjax.recipes.run_single``)."""
+def run(config: Any, *, workdir: str, progress: bool = True, sft_cache: str | None = None):
+    """``sim`` configs run SFT + the method (``feedback_families.run``; ``sft_cache`` reuses
+    stored SFT params); ``paper`` configs are one training run (``fbjax.recipes.run_single``)."""
     if isinstance(config, FamiliesConfig):
-        return ff.run(config, workdir=workdir, progress=progress)
+        return ff.run(config, workdir=workdir, progress=progress, sft_cache=sft_cache)
     if isinstance(config, ExperimentConfig):
         return recipes.run_single(config, workdir=workdir, progress=progress)
     raise TypeError(f"no runner for {type(config).__name__}")
@@ -465,12 +525,13 @@ def merge(configs: Sequence[FamiliesConfig]) -> list[FamiliesConfig]:
     return merged
 
 
-def run_many(configs: Sequence[FamiliesConfig], *, workdir: str, progress: bool = True):
+def run_many(configs: Sequence[FamiliesConfig], *, workdir: str, progress: bool = True,
+             sft_cache: str | None = None):
     """Runs several ``sim`` configs, sharing one SFT start among those that agree on everything
     but their methods; returns the summaries, one per shared start."""
     out = []
     for i, cfg in enumerate(merge(configs)):
-        out.append(ff.run(cfg, workdir=f"{workdir}/{i}", progress=progress))
+        out.append(ff.run(cfg, workdir=f"{workdir}/{i}", progress=progress, sft_cache=sft_cache))
     return out
 
 
@@ -494,3 +555,51 @@ def smoke(cfg: FamiliesConfig, *, method_steps: int = 2) -> FamiliesConfig:
             for m in cfg.methods
         ),
     )
+
+
+# ============================================================================ reward models
+
+BEST_OF = 4
+
+
+def reward_model_start(model: mc.ModelConfig, params, rng):
+    """Stiennon et al. 2020 start the reward model from the SFT policy with a fresh scalar head
+    (and, in fbjax, without the LM head a reward model does not use)."""
+    from fbjax.models.decoder import has_lm_head, init_reward_head
+
+    rm = dataclasses.replace(model, reward_head=True)
+    rm_params = {k: v for k, v in params.items() if k != "lm_head" or has_lm_head(rm)}
+    rm_params["reward_head"] = init_reward_head(rm, rng)
+    return rm, rm_params
+
+
+def best_of_n_eval(ctx: ff.EvalContext, *, n: int = BEST_OF) -> dict[str, float]:
+    """A reward model judged by what it is for: on held-out prompts, ``n`` samples of the SFT
+    policy each; the reward model picks one (best-of-n). Reports the picked samples' oracle
+    reward and accuracy, its win rate over the first sample, the analytical best-of-n KL bound
+    ``log n - (n - 1) / n``, and the reward model's agreement with the oracle on every pair of
+    samples the oracle tells apart (``rm_accuracy``), next to the samples' mean and the oracle's
+    own best-of-n (the ceiling)."""
+    from fbjax import evaluation
+
+    pool = recipes.sample_pool(ctx.task, ctx.sft_params, ctx.sft_model, ctx.tokenizer,
+                               list(ctx.prompts), samples_per_prompt=n,
+                               sampling_config=ctx.sampling, rng=ctx.rng)
+    groups = [Group(encode.prompt_ids(ctx.tokenizer, p),
+                    tuple(encode.completion_ids(ctx.tokenizer, t) for t in texts))
+              for p, texts in zip(pool.prompts, pool.texts)]
+    scores = evaluation.sequence_rewards(ctx.params, ctx.model, groups).reshape(len(groups), n)
+    oracle = np.asarray(pool.rewards, np.float64)
+    picked = oracle[np.arange(len(groups)), scores.argmax(axis=1)]
+    i, j = np.triu_indices(n, 1)
+    told_apart = oracle[:, i] != oracle[:, j]
+    agree = (scores[:, i] > scores[:, j]) == (oracle[:, i] > oracle[:, j])
+    return {
+        "reward": float(picked.mean()),
+        "accuracy": float(np.mean(picked >= 1.0)),
+        "win_rate": float(np.mean((picked > oracle[:, 0]) + 0.5 * (picked == oracle[:, 0]))),
+        "kl": math.log(n) - (n - 1) / n,
+        "rm_accuracy": float(agree[told_apart].mean()) if told_apart.any() else float("nan"),
+        "reward_sample_mean": float(oracle.mean()),
+        "reward_oracle_best_of_n": float(oracle.max(axis=1).mean()),
+    }

@@ -22,11 +22,12 @@ sequences with 256-token prompts.
 Run::
 
     fbjax train --experiment experiments/dpo_rafailov2023.py --workdir runs/dpo_sim
-    fbjax train --experiment experiments/dpo_rafailov2023.py:paper --workdir runs/dpo \\
-        --set data.tokenizer_path=CKPT/tokenizer.model
+    huggingface-cli download openai-community/gpt2-xl   # fbjax reads the hub cache, never downloads
+    fbjax train --experiment experiments/dpo_rafailov2023.py:paper --workdir runs/dpo
 
-with the HH-RLHF release under TFDS's manual directory (``~/tensorflow_datasets/downloads/
-manual/<subset>/{train,test}.jsonl.gz``) or each source's ``manual_dir`` set.
+(weights and tokenizer come from the checkpoint ``init_from`` names) with the HH-RLHF release
+under TFDS's manual directory (``~/tensorflow_datasets/downloads/manual/<subset>/
+{train,test}.jsonl.gz``) or each source's ``manual_dir`` set.
 """
 
 from __future__ import annotations

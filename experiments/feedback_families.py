@@ -15,7 +15,8 @@ language feedback    ILF                     critiques -> refinements, fine-tune
 ===================  ======================  ==========================================
 
 NPO (negatives alone) and Chain of Hindsight are in their own experiment modules; on this task
-and model size they did not beat the SFT start (see the README's experiment table).
+and model size NPO does not beat the SFT start, and Chain of Hindsight only after three times the
+other language-feedback methods' steps (see docs/experiments.md).
 
 Each is evaluated the same way (``fbjax.evaluation``): mean oracle reward of samples on held-out
 prompts, win rate against the SFT start, and KL to it. The run prints a table, and writes
@@ -31,10 +32,13 @@ Variants: ``default`` (the README run) and ``smoke`` (seconds; CI).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import zlib
 from typing import Any, Callable
 
+import flax.serialization
 import jax
 import numpy as np
 
@@ -67,6 +71,27 @@ class Method:
     eval_prompt: Callable[[str], str] | None = None
     # Hyperparameters that depend on the data (e.g. KTO's class weights), set once it is built.
     adapt: Callable[[Objective, list], Objective] | None = None
+    # A stage that trains something other than the policy (a reward model) builds its start
+    # from the SFT policy, ``(model config, params, rng) -> (model config, params)``, and scores
+    # the result itself with ``evaluate(EvalContext) -> metrics`` (keys as evaluate_on_task's).
+    start: Callable[[model_config.ModelConfig, Any, jax.Array],
+                    tuple[model_config.ModelConfig, Any]] | None = None
+    evaluate: Callable[["EvalContext"], dict[str, float]] | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalContext:
+    """What a method's own evaluation may use: the trained stage and the SFT start it began from."""
+
+    task: Any
+    params: Any
+    model: model_config.ModelConfig
+    tokenizer: Any
+    prompts: tuple[str, ...]
+    sft_params: Any
+    sft_model: model_config.ModelConfig
+    sampling: sampling.SamplingConfig
+    rng: jax.Array
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -152,7 +177,7 @@ def coh_data(task, pool, tokenizer, rng):
     for prompt, texts in zip(pool.prompts, pool.texts):
         outputs = [(t, task.reward(prompt, t) >= 1.0) for t in texts]
         groups.append(encode.from_segments(
-            templates.chain_of_hindsight(prompt, outputs, rng), tokenizer))
+            templates.chain_of_hindsight(prompt, outputs, rng, eos_after_each=True), tokenizer))
     return groups
 
 
@@ -218,7 +243,53 @@ def _stage_config(cfg: FamiliesConfig, name: str, objective, train, optimizer):
     )
 
 
-def run(cfg: FamiliesConfig, *, workdir: str, progress: bool = True) -> dict[str, Any]:
+def data_rngs(cfg: FamiliesConfig) -> tuple[np.random.Generator, ...]:
+    """Each method's data generator, seeded by the run's seed and a hash of the method's name (not
+    its position in ``cfg.methods``), so a method gets the same data alone as in ``run_many``."""
+    return tuple(np.random.default_rng([cfg.seed, 3, zlib.crc32(m.name.encode())])
+                 for m in cfg.methods)
+
+
+def _sft_cache_path(cache_dir: str, cfg: FamiliesConfig) -> str:
+    # Everything the SFT stage's result depends on; repr of frozen dataclasses is stable.
+    key = repr((cfg.task, cfg.seed, cfg.model, cfg.mesh, cfg.tokenizer_vocab, cfg.num_demos,
+                cfg.demo_quality, cfg.sft_train, cfg.sft_optimizer))
+    return os.path.join(cache_dir, "sft-" + hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+def _load_sft(cache_dir: str | None, cfg: FamiliesConfig, like: Any):
+    if cache_dir is None:
+        return None
+    path = _sft_cache_path(cache_dir, cfg)
+    if not os.path.exists(path + ".json"):
+        return None
+    with open(path + ".msgpack", "rb") as f:
+        params = flax.serialization.from_bytes(like, f.read())
+    with open(path + ".json") as f:
+        history = json.load(f)
+    params = jax.tree.map(lambda ref, x: jax.device_put(x, ref.sharding), like, params)
+    print(f"SFT params reused from {path}.msgpack")
+    return params, history
+
+
+def _save_sft(cache_dir: str | None, cfg: FamiliesConfig, params: Any, history: list) -> None:
+    if cache_dir is None:
+        return
+    path = _sft_cache_path(cache_dir, cfg)
+    recipes.ensure_dir(cache_dir)
+    with open(path + ".msgpack", "wb") as f:
+        f.write(flax.serialization.to_bytes(jax.device_get(params)))
+    with open(path + ".json", "w") as f:  # written last: its presence marks a complete entry
+        json.dump(history, f, default=float)
+
+
+def run(cfg: FamiliesConfig, *, workdir: str, progress: bool = True,
+        sft_cache: str | None = None) -> dict[str, Any]:
+    """SFT, the shared sample pool, then each method from the SFT start.
+
+    ``sft_cache`` (opt-in, for iterating on methods): a directory where the SFT params are
+    stored under a hash of everything the SFT stage depends on, and reused when present.
+    """
     recipes.ensure_dir(workdir)
     rng = np.random.default_rng(cfg.seed)
     key = jax.random.key(cfg.seed)
@@ -235,10 +306,15 @@ def run(cfg: FamiliesConfig, *, workdir: str, progress: bool = True) -> dict[str
     sft_cfg = _stage_config(cfg, "SFT", presets.sft(), cfg.sft_train, cfg.sft_optimizer)
     demos = sim.sft_corpus(task, rng, cfg.num_demos, quality=cfg.demo_quality)
     init = recipes.random_params(sft_cfg, mesh, cfg.seed)
-    sft_run = recipes.train_on_groups(
-        sft_cfg, encode.sft(demos, tokenizer), init, mesh=mesh,
-        workdir=os.path.join(workdir, "sft"), progress=progress, desc="SFT")
-    sft_params = sft_run.state.params
+    cached = _load_sft(sft_cache, cfg, init)
+    if cached is None:
+        sft_run = recipes.train_on_groups(
+            sft_cfg, encode.sft(demos, tokenizer), init, mesh=mesh,
+            workdir=os.path.join(workdir, "sft"), progress=progress, desc="SFT")
+        sft_params, sft_history = sft_run.state.params, sft_run.history
+        _save_sft(sft_cache, cfg, sft_params, sft_history)
+    else:
+        sft_params, sft_history = cached
     sft_eval, sft_samples = evaluation.evaluate_on_task(
         task, sft_params, model_cfg, tokenizer, eval_prompts,
         rng=jax.random.fold_in(key, 1), sampling_config=stop)
@@ -252,26 +328,45 @@ def run(cfg: FamiliesConfig, *, workdir: str, progress: bool = True) -> dict[str
 
     # 3. One objective per family, each from the same SFT start.
     rows = []
-    curves = {"SFT": sft_run.history}
-    for i, method in enumerate(cfg.methods):
-        data = method.build_data(task, pool, tokenizer, np.random.default_rng([cfg.seed, 3, i]))
+    curves = {"SFT": sft_history}
+    for method, data_rng in zip(cfg.methods, data_rngs(cfg)):
+        data = method.build_data(task, pool, tokenizer, data_rng)
         objective = method.adapt(method.objective, data) if method.adapt else method.objective
-        stage = _stage_config(cfg, method.name, objective, method.train, method.optimizer)
+        stage_model, start = model_cfg, sft_params
+        if method.start is not None:
+            stage_model, start = method.start(model_cfg, sft_params, jax.random.fold_in(key, 4))
+        stage = _stage_config(dataclasses.replace(cfg, model=stage_model), method.name,
+                              objective, method.train, method.optimizer)
         result, seconds = recipes.timed(
-            recipes.train_on_groups, stage, data, sft_params, mesh=mesh,
+            recipes.train_on_groups, stage, data, start, mesh=mesh,
             workdir=os.path.join(workdir, method.name.lower()), progress=progress,
-            desc=method.name, reference_params=sft_params)
-        # Every method is compared with the SFT start as it is used: prompted plainly.
-        metrics, _ = evaluation.evaluate_on_task(
-            task, result.state.params, model_cfg, tokenizer, eval_prompts,
-            rng=jax.random.fold_in(key, 1), sampling_config=stop, ref_params=sft_params,
-            baseline=sft_samples, prompt_transform=method.eval_prompt)
+            desc=method.name, reference_params=sft_params if method.start is None else None)
+        if method.evaluate is not None:
+            metrics = method.evaluate(EvalContext(
+                task=task, params=result.state.params, model=stage_model, tokenizer=tokenizer,
+                prompts=tuple(eval_prompts), sft_params=sft_params, sft_model=model_cfg,
+                sampling=stop, rng=jax.random.fold_in(key, 1)))
+        else:
+            # Every method is compared with the SFT start as it is used: prompted plainly.
+            metrics, _ = evaluation.evaluate_on_task(
+                task, result.state.params, model_cfg, tokenizer, eval_prompts,
+                rng=jax.random.fold_in(key, 1), sampling_config=stop, ref_params=sft_params,
+                baseline=sft_samples, prompt_transform=method.eval_prompt)
+            if method.eval_prompt is not None:
+                # The SFT start under the method's own prompt, which it has never seen: where
+                # the method really starts from, and what its KL is measured against.
+                same, _ = evaluation.evaluate_on_task(
+                    task, sft_params, model_cfg, tokenizer, eval_prompts,
+                    rng=jax.random.fold_in(key, 1), sampling_config=stop,
+                    prompt_transform=method.eval_prompt)
+                metrics = {**metrics, "reward_before_same_prompt": same["reward"]}
         curves[method.name] = result.history
         rows.append({
             "method": method.name, "family": method.family, "feedback": method.feedback,
             "examples": len(data), "reward_before": sft_eval["reward"],
             "reward_after": metrics["reward"], "accuracy_after": metrics["accuracy"],
             "win_rate": metrics["win_rate"], "kl": metrics["kl"], "seconds": seconds,
+            **{k: v for k, v in metrics.items() if k not in ("reward", "accuracy", "win_rate", "kl")},
         })
 
     summary = {"config": cfg.name, "seed": cfg.seed, "task": repr(cfg.task), "sft": sft_eval,

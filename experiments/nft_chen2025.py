@@ -29,17 +29,11 @@ Run::
 
 from __future__ import annotations
 
-import dataclasses
-
-import jax
-
 from experiments import common
 from experiments.feedback_families import Method
 from fbjax.config import ExperimentConfig
 from fbjax.data import sources
-from fbjax.objectives import negative
-from fbjax.train import language_inputs
-from fbjax.train.objective import Objective, SequenceStats
+from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 
 VARIANTS = ("paper", "sim")
@@ -51,42 +45,12 @@ DAPO_MATH_PROMPTS = 17_398
 UPDATE_SEQUENCES = 512
 
 
-def verified_samples(stats: SequenceStats) -> tuple[dict[str, jax.Array], jax.Array]:
-    """NFT's layout: every completion slot's token log-probs under the policy and the rollout
-    policy, aligned ``[N, L]``, with the slot fields ``labels`` and ``group_accuracy``
-    (``common.verified_groups``); one example per completion."""
-    policy, mask = language_inputs.slot_token_grid(stats, stats.token_logps)
-    old, _ = language_inputs.slot_token_grid(stats, stats.ref_token_logps)
-    return {
-        "policy_token_logps": policy,
-        "old_token_logps": old,
-        "token_mask": mask * stats.valid[:, None],
-        "labels": stats.fields["labels"],
-        "group_accuracy": stats.fields["group_accuracy"],
-    }, stats.valid
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RolloutObjective(Objective):
-    """An objective whose ratios are to the policy that sampled the data. In these runs that is
-    the starting policy, which the step keeps as its reference, so the step must compute the
-    reference's token log-probs although the loss names them ``old_*``, not ``ref_*``."""
-
-    @property
-    def needs_reference(self) -> bool:
-        return True
-
-
-def nft(**hparams) -> RolloutObjective:
-    return RolloutObjective(loss=negative.nft, inputs=verified_samples, hparams=hparams)
-
-
 def paper() -> ExperimentConfig:
     return ExperimentConfig(
         name="nft_chen2025",
         **common.checkpoint("Qwen/Qwen2.5-Math-7B"),
-        objective=nft(negative_weight=1.0, negative_clip=1.0, normalize=1,
-                      token_normalizer=1000.0 / UPDATE_SEQUENCES),
+        objective=presets.nft(negative_weight=1.0, negative_clip=1.0, normalize=1,
+                              token_normalizer=1000.0 / UPDATE_SEQUENCES),
         optimizer=OptimizerConfig(learning_rate=1e-6, warmup_steps=10, schedule="constant"),
         train=common.paper_train(examples=DAPO_MATH_PROMPTS, batch=32,
                                  completions=RESPONSES_PER_PROMPT, seq_len=4096,
@@ -105,7 +69,7 @@ def paper() -> ExperimentConfig:
 
 METHOD = Method(
     name="NFT", family="negative-aware (verifier)", feedback="correct / wrong per sample",
-    objective=nft(token_normalizer=1.0), build_data=common.verified_groups,
+    objective=presets.nft(token_normalizer=1.0), build_data=common.verified_groups,
     train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
 )
 

@@ -4,14 +4,10 @@ same loss over all K-choose-2 pairs of a ranking: ``preference.kwise_bradley_ter
 
 A reward model ``r(x, y)`` is the SFT transformer with a scalar head on the final token,
 trained on human comparisons with the Bradley-Terry loss ``-log sigmoid(r(x, y_w) - r(x, y_l))``
-(Eq. 1), then used to score summaries for RL and best-of-N.
-
-**Not runnable yet.** fbjax's decoder has no scalar head, so nothing yet produces the
-``chosen_rewards`` / ``rejected_rewards`` the Bradley-Terry loss reads: the layout below raises
-when a step is traced. Training the policy's own sequence log-probabilities with this loss would
-not be a reward model (it is reference-free DPO with beta = 1, evaluated by the policy it makes,
-not by preference accuracy on held-out comparisons), so there is no ``sim`` variant either; it
-is left until a reward head lands. The ``paper`` config builds and validates.
+(Eq. 1), then used to score summaries for RL and best-of-N. In fbjax the head is
+``ModelConfig.reward_head`` (Hugging Face ``*ForSequenceClassification``, one label) and the loss
+``fbjax.train.presets.reward_model``; the K-wise InstructGPT form is
+``presets.kwise_reward_model``.
 
 * ``paper``: TL;DR comparisons (the release's ``train`` split, about 92.9k comparisons), one
   epoch, batch 64 comparisons, cosine schedule; the paper's 1.3B / 6.7B GPT-3-style models are
@@ -19,43 +15,45 @@ is left until a reward head lands. The ``paper`` config builds and validates.
   (here 1.5e-5) and the exact batch are unverified against the paper.
 * Expected: reward-model agreement with labellers on validation comparisons of roughly 0.7 for
   the larger models (as recalled; check before quoting).
+* ``sim``: the SFT policy plus a fresh head (:func:`experiments.common.reward_model_start`)
+  trained on Bradley-Terry preferences between its own samples, judged as Stiennon et al. use
+  it, by best-of-4 sampling on held-out prompts (:func:`experiments.common.best_of_n_eval`):
+  "reward before -> after" is the SFT policy's oracle reward -> that of the reward model's pick
+  of 4 samples; ``rm_accuracy`` is its agreement with the oracle on held-out sample pairs.
 * Compute (``paper``): 1,451 steps of 128 padded 640-token rows, forward and backward only:
   about 1e18 FLOPs.
 
-Run (once a reward head exists)::
+Run::
 
+    fbjax train --experiment experiments/rm_stiennon2020.py --workdir runs/rm_sim
     fbjax train --experiment experiments/rm_stiennon2020.py:paper --workdir runs/rm
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from experiments import common
+from experiments.feedback_families import Method
 from fbjax.config import ExperimentConfig
 from fbjax.data import encode, sources
-from fbjax.objectives import preference
-from fbjax.train.objective import Objective, SequenceStats
+from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper",)
-DEFAULT_VARIANT = "paper"
+VARIANTS = ("paper", "sim")
+DEFAULT_VARIANT = "sim"
 run = common.run
 
 TLDR_TRAIN_COMPARISONS = 92_858
 
 
-def scalar_reward_pairs(stats: SequenceStats):
-    """Would read a scalar-head reward per completion slot; the decoder has none yet."""
-    del stats
-    raise NotImplementedError(
-        "reward models need a scalar head on the decoder, which fbjax.models does not have yet"
-    )
-
-
 def paper() -> ExperimentConfig:
+    ckpt = common.checkpoint("openai-community/gpt2-xl")
     return ExperimentConfig(
         name="rm_stiennon2020",
-        **common.checkpoint("openai-community/gpt2-xl"),
-        objective=Objective(loss=preference.bradley_terry, inputs=scalar_reward_pairs),
+        model=dataclasses.replace(ckpt["model"], reward_head=True),
+        init_from=ckpt["init_from"],
+        objective=presets.reward_model(),
         optimizer=OptimizerConfig(learning_rate=1.5e-5, warmup_steps=0, schedule="cosine"),
         train=common.paper_train(examples=TLDR_TRAIN_COMPARISONS, batch=64, completions=2,
                                  seq_len=640, max_prompt_len=512),
@@ -70,5 +68,13 @@ def paper() -> ExperimentConfig:
     )
 
 
+METHOD = Method(
+    name="RM", family="reward model (paired)", feedback="pairwise preference",
+    objective=presets.reward_model(), build_data=common.preference_pairs,
+    train=common.SIM_TRAIN, optimizer=dataclasses.replace(common.SIM_OPTIMIZER, learning_rate=3e-4),
+    start=common.reward_model_start, evaluate=common.best_of_n_eval,
+)
+
+
 def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper)
+    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))

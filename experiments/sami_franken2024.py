@@ -18,8 +18,11 @@ diagonal, a lower bound on the conditional mutual information between constituti
   check before quoting.
 * ``sim``: the principles "A correct answer:" / "An incorrect answer:"; each prompt's best sample
   stands in for the response under the first and its worst for the response under the second.
-  Evaluation conditions on the first principle. The tiny policy cannot read a principle, so
-  SAMI's contrastive loss lowers its samples' reward here (0.48 -> 0.14); see the docs table.
+  Evaluation conditions on the first principle. The SFT start itself scores 0.11 under that
+  prompt (0.46 plain): the tiny policy cannot read a principle, and SAMI's loss compares
+  likelihoods across principles and responses without ever raising them, so it cannot teach
+  the new format (0.11 -> 0.13 after 40 steps; after 160, 0.11 and still unable to tell the
+  principles apart). See the docs table.
 * Compute (``paper``): 138 steps of 128 rows of 1024 tokens (2 x 2 per query), plus sampling.
 
 Run::

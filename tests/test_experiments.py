@@ -15,9 +15,11 @@ import math
 import os
 import re
 
+import numpy as np
 import pytest
 
 from experiments import common
+from experiments import feedback_families as ff
 from experiments.feedback_families import FamiliesConfig, Method
 from fbjax import config as fconfig
 from fbjax import sharding as fsh
@@ -37,7 +39,7 @@ MODULE_NAMES = sorted(
 MODULES = {name: importlib.import_module(f"experiments.{name}") for name in MODULE_NAMES}
 SIM_MODULES = [n for n in MODULE_NAMES if "sim" in MODULES[n].VARIANTS]
 # Modules without a runnable sim variant, and why (see their docstrings).
-NO_SIM = {"rm_stiennon2020": "needs a scalar reward head"}
+NO_SIM: dict[str, str] = {}
 
 
 def test_every_method_of_the_issue_has_a_module():
@@ -86,7 +88,9 @@ def test_paper_variant_validates(name):
     assert isinstance(cfg.model, ModelConfig) and cfg.model.family in set(Family)
     if cfg.init_from is not None:
         assert cfg.init_from.startswith("hf:")
-        assert common.CHECKPOINTS[cfg.init_from[3:]] == cfg.model
+        # A reward model is the checkpoint's backbone with a new scalar head.
+        backbone = dataclasses.replace(cfg.model, reward_head=False)
+        assert common.CHECKPOINTS[cfg.init_from[3:]] == backbone
     # Objective: constructing it validated the hyperparameters against the loss signature.
     assert isinstance(cfg.objective, Objective)
     for key, value in cfg.objective.hparams.items():
@@ -122,6 +126,141 @@ def test_sim_variants_share_one_sft_start():
     assert len(common.merge([cfgs[0], other, cfgs[1]])) == 2
     with pytest.raises(ValueError, match="unique"):
         common.merge([cfgs[0], cfgs[0]])
+
+
+def test_data_rng_follows_the_method_name_not_its_position():
+    a, b = (MODULES[n].METHOD for n in ("dpo_rafailov2023", "coh_liu2023"))
+    forward = dataclasses.replace(common.SIM_BASE, methods=(a, b))
+    backward = dataclasses.replace(forward, methods=(b, a))
+    draws = {m.name: r.random(4).tolist()
+             for m, r in zip(forward.methods, ff.data_rngs(forward))}
+    assert {m.name: r.random(4).tolist()
+            for m, r in zip(backward.methods, ff.data_rngs(backward))} == draws
+    (alone,) = ff.data_rngs(common.sim_variant(b))
+    assert alone.random(4).tolist() == draws[b.name]
+    assert draws[a.name] != draws[b.name]
+    (reseeded,) = ff.data_rngs(dataclasses.replace(common.sim_variant(b), seed=1))
+    assert reseeded.random(4).tolist() != draws[b.name]
+
+
+def test_sft_cache_round_trip(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    cfg = common.sim_variant(MODULES["dpo_rafailov2023"].METHOD)
+    params = {"w": jnp.arange(6.0).reshape(2, 3), "b": {"c": jnp.ones(2)}}
+    like = jax.tree.map(jnp.zeros_like, params)
+    assert ff._load_sft(str(tmp_path), cfg, like) is None
+    ff._save_sft(str(tmp_path), cfg, params, [{"step": 1, "loss": 2.5}])
+    loaded, history = ff._load_sft(str(tmp_path), cfg, like)
+    assert jax.tree.all(jax.tree.map(lambda x, y: bool(jnp.all(x == y)), loaded, params))
+    assert history == [{"step": 1, "loss": 2.5}]
+    changed = dataclasses.replace(cfg, sft_train=dataclasses.replace(cfg.sft_train, steps=1))
+    assert ff._load_sft(str(tmp_path), changed, like) is None
+    # Only the SFT stage keys the cache: other methods reuse it.
+    other = common.sim_variant(MODULES["kto_ethayarajh2024"].METHOD)
+    assert ff._load_sft(str(tmp_path), other, like) is not None
+
+
+@pytest.fixture(scope="module")
+def sim_tok():
+    from fbjax import sim
+
+    return sim.build_tokenizer([common.SIM_TASK], vocab_size=384, seed=0)
+
+
+def _pool(prompts, texts):
+    from fbjax import recipes
+
+    rewards = [[common.SIM_TASK.reward(p, t) for t in ts] for p, ts in zip(prompts, texts)]
+    return recipes.SamplePool(tuple(prompts), tuple(map(tuple, texts)), np.array(rewards))
+
+
+# 12+7=19 and 3+4=7: one right sample in four for the first prompt, two for the second.
+POOL = (("12+7=", "3+4="), (("19", "18", "9", "119"), ("7", "7", "8", "6")))
+
+
+def _trained_runs(group):
+    """(token ids, ends with a trained EOS) of each maximal run of trained tokens."""
+    runs, current = [], []
+    for token, weight in zip(group.completions[0], group.masks[0]):
+        if weight > 0:
+            current.append(int(token))
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return runs
+
+
+def test_coh_sim_data_ends_every_output_with_eos(sim_tok):
+    # Evaluation samples the first output's position; a chain whose outputs are followed by
+    # untrained separators never teaches the policy to stop there.
+    method = MODULES["coh_liu2023"].METHOD
+    pool = _pool(*POOL)
+    groups = method.build_data(common.SIM_TASK, pool, sim_tok, np.random.default_rng(0))
+    assert len(groups) == 2
+    for group, texts in zip(groups, POOL[1]):
+        runs = _trained_runs(group)
+        assert len(runs) == len(texts)
+        assert all(run[-1] == sim_tok.eos_id for run in runs)
+        outputs = sorted(sim_tok.decode(run[:-1]) for run in runs)
+        # Past-token masking may blank a token; the rest are the samples themselves.
+        assert sum(o in texts for o in outputs) >= len(texts) - 1
+
+
+def test_bco_sim_data_balances_thumbs(sim_tok):
+    method = MODULES["bco_jung2024"].METHOD
+    pool = _pool(*POOL)  # 3 right, 5 wrong
+    groups = method.build_data(common.SIM_TASK, pool, sim_tok, np.random.default_rng(0))
+    labels = [g.slot_fields["labels"][0] for g in groups]
+    assert sorted(labels) == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+    assert all(g.slot_fields["is_kl"] == (0.0,) for g in groups)
+
+
+def test_pmpo_sim_objective_uses_per_class_means(sim_tok):
+    import jax.numpy as jnp
+
+    from fbjax.objectives import binary
+
+    method = MODULES["pmpo_abdolmaleki2024"].METHOD
+    pool = _pool(*POOL)
+    groups = method.build_data(common.SIM_TASK, pool, sim_tok, np.random.default_rng(0))
+    objective = method.adapt(method.objective, groups) if method.adapt else method.objective
+    labels = np.array([g.slot_fields["labels"][0] for g in groups])
+    assert labels.mean() == 3 / 8
+    rng = np.random.default_rng(0)
+    logps, ref = -rng.uniform(1, 5, len(labels)), -rng.uniform(1, 5, len(labels))
+    loss, _ = binary.pmpo(jnp.asarray(logps), jnp.asarray(ref), jnp.asarray(labels),
+                          **objective.hparams)
+    alpha, beta = method.objective.hparams["alpha"], method.objective.hparams["beta"]
+    acc, rej = labels == 1, labels == 0
+    paper = (-alpha * logps[acc].mean() + (1 - alpha) * logps[rej].mean()
+             + beta * (ref - logps).mean())
+    # Equal up to a constant factor, which must not depend on the policy: check two policies.
+    ratio = float(jnp.mean(loss)) / paper
+    logps2 = logps - rng.uniform(0, 2, len(labels))
+    loss2, _ = binary.pmpo(jnp.asarray(logps2), jnp.asarray(ref), jnp.asarray(labels),
+                           **objective.hparams)
+    paper2 = (-alpha * logps2[acc].mean() + (1 - alpha) * logps2[rej].mean()
+              + beta * (ref - logps2).mean())
+    assert ratio > 0
+    np.testing.assert_allclose(float(jnp.mean(loss2)) / paper2, ratio, rtol=1e-5)
+
+
+def test_unlikelihood_sim_data_penalises_only_wrong_digits(sim_tok):
+    method = MODULES["unlikelihood_welleck2019"].METHOD
+    pool = _pool(*POOL)
+    groups = method.build_data(common.SIM_TASK, pool, sim_tok, None)
+    penalised = sorted(
+        (sim_tok.decode(g.prompt[1:].tolist()), sim_tok.decode(g.completions[0][:-1].tolist()),
+         sim_tok.decode([int(t) for t, w in zip(g.completions[0], g.masks[0]) if w > 0]))
+        for g in groups)
+    # 18: the 8; 9 (tens digit missing): the first digit written; 119: the extra leading 1.
+    assert penalised == [("12+7=", "119", "1"), ("12+7=", "18", "8"), ("12+7=", "9", "9"),
+                         ("3+4=", "6", "6"), ("3+4=", "8", "8")]
+    assert all(g.masks[0][-1] == 0 for g in groups)  # EOS is never pushed down
 
 
 def test_docs_table_lists_every_module():

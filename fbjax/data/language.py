@@ -114,6 +114,7 @@ def chain_of_hindsight_groups(
     past_mask_rate: float = 0.05,
     positive_phrases: Sequence[str] = templates.COH_POSITIVE,
     negative_phrases: Sequence[str] = templates.COH_NEGATIVE,
+    eos_after_each: bool = False,
 ) -> list[Group]:
     """Chain of Hindsight sequences: every output of a prompt, each introduced by a positive or
     negative feedback phrase (``score >= good_threshold`` is good), random order, loss on the
@@ -121,7 +122,8 @@ def chain_of_hindsight_groups(
     per-sequence rate drawn uniformly from ``[0, past_mask_rate]`` (the paper's 0-5%; 0 turns
     it off). Slot field ``pretraining = 0`` marks them for :func:`pretraining_groups` mixtures.
 
-    At test time sample from ``templates.chain_of_hindsight_prompt(prompt, positive phrase)``.
+    At test time sample from ``templates.chain_of_hindsight_prompt(prompt, positive phrase)``;
+    ``eos_after_each`` (see ``templates.chain_of_hindsight``) teaches the model to stop there.
     """
     groups = []
     for e in data:
@@ -129,6 +131,7 @@ def chain_of_hindsight_groups(
         segments = templates.chain_of_hindsight(
             prompt_text(e.prompt), outputs, rng,
             positive_phrases=positive_phrases, negative_phrases=negative_phrases,
+            eos_after_each=eos_after_each,
         )
         group = encode.from_segments(segments, tokenizer)
         if past_mask_rate > 0:

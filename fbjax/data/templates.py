@@ -139,6 +139,7 @@ def chain_of_hindsight(
     negative_phrases: Sequence[str] = COH_NEGATIVE,
     shuffle: bool = True,
     separator: str = "\n",
+    eos_after_each: bool = False,
 ) -> tuple[Segment, ...]:
     """Chain of Hindsight (Liu et al., 2023): several outputs, each introduced by a feedback
     phrase saying whether it is good, in one sequence::
@@ -149,6 +150,12 @@ def chain_of_hindsight(
     is shuffled (``rng``) so the model cannot key on position; only outputs are trainable, so the
     model learns to produce outputs *consistent with* the preceding phrase. Sample with
     :func:`chain_of_hindsight_prompt` and a positive phrase.
+
+    By default only the last output is followed by a (trained) EOS; the separator after the
+    others is context, never a target. A model trained on such sequences alone never learns where
+    an output that is not the last one ends, so sampled from the test-time prompt (the first
+    output's position) it does not stop. ``eos_after_each`` ends every output with a trained EOS
+    (the reference code gets the same signal from the single-output sequences in its mixture).
     """
     if not outputs:
         raise ValueError("chain_of_hindsight needs at least one output")
@@ -160,7 +167,7 @@ def chain_of_hindsight(
         phrases = positive_phrases if good else negative_phrases
         phrase = phrases[int(rng.integers(len(phrases)))]
         segments.append(Segment(head + separator + phrase + " ", False))
-        segments.append(Segment(text, True))
+        segments.append(Segment(text, True, eos=eos_after_each))
         head = ""
     return tuple(segments)
 
