@@ -144,18 +144,21 @@ def test_bco_resume_keeps_reward_shift(tmp_path, mesh):
                  jax.device_get(full.state.params))
 
 
-def test_reward_model_learns_the_preferences(mesh):
-    """Bradley-Terry on the scalar head: held-in pair accuracy and margin rise."""
-    groups = random_groups(24, completions=2, vocab=MODEL.vocab_size, seed=9)
+def _train_reward_model(mesh, objective, groups):
     config = ExperimentConfig(
-        name="rm", model=dataclasses.replace(MODEL, reward_head=True),
-        objective=presets.reward_model(),
+        name="rm", model=dataclasses.replace(MODEL, reward_head=True), objective=objective,
         optimizer=OptimizerConfig(learning_rate=3e-3, schedule="constant"),
         train=TrainConfig(steps=STEPS, batch_rows=4, seq_len=64, slots_per_row=8, log_every=1),
         mesh=fsh.MeshConfig(shape=(1, 2, 1), rules=fsh.RULES_FSDP),
     )
-    result = recipes.train_on_groups(config, groups, recipes.random_params(config, mesh, 0),
-                                     mesh=mesh, workdir=None, progress=False)
+    return recipes.train_on_groups(config, groups, recipes.random_params(config, mesh, 0),
+                                   mesh=mesh, workdir=None, progress=False)
+
+
+def test_reward_model_learns_the_preferences(mesh):
+    """Bradley-Terry on the scalar head: held-in pair accuracy and margin rise."""
+    groups = random_groups(24, completions=2, vocab=MODEL.vocab_size, seed=9)
+    result = _train_reward_model(mesh, presets.reward_model(), groups)
     before, after = _first_last(result.history, "rewards/margin")
     assert after > before + 0.1, (before, after)
     assert np.mean([h["rewards/accuracy"] for h in result.history[-3:]]) > 0.8
@@ -164,15 +167,7 @@ def test_reward_model_learns_the_preferences(mesh):
 def test_kwise_reward_model_orders_the_ranking(mesh):
     groups = _with(random_groups(16, completions=4, vocab=MODEL.vocab_size, seed=10),
                    ranks=lambda i, g: (2.0, 0.0, 3.0, 1.0))
-    config = ExperimentConfig(
-        name="kwise", model=dataclasses.replace(MODEL, reward_head=True),
-        objective=presets.kwise_reward_model(4),
-        optimizer=OptimizerConfig(learning_rate=3e-3, schedule="constant"),
-        train=TrainConfig(steps=STEPS, batch_rows=4, seq_len=64, slots_per_row=8, log_every=1),
-        mesh=fsh.MeshConfig(shape=(1, 2, 1), rules=fsh.RULES_FSDP),
-    )
-    result = recipes.train_on_groups(config, groups, recipes.random_params(config, mesh, 0),
-                                     mesh=mesh, workdir=None, progress=False)
+    result = _train_reward_model(mesh, presets.kwise_reward_model(4), groups)
     before, after = _first_last(result.history, "loss")
     assert after < before - 0.05, (before, after)
 
