@@ -30,6 +30,7 @@ from fbjax.models.decoder import Decoder
 from fbjax.models.hf import check_sequence_length
 from fbjax.tokenizer import check_vocab, save_tokenizer
 from fbjax.train import loop
+from fbjax.train.reference import Truncation
 from fbjax.train import step as steplib
 
 log = logging.getLogger("fbjax")
@@ -67,38 +68,13 @@ def batch_stream(
         share_prefix=tc.share_prefix,
         fields=fields,
     )
-    groups = [truncate_for_layout(g, tc) for g in groups]
+    groups = Truncation.from_train(tc).apply(groups)
     # Positions restart for every example, so the limit is the longest example, not the row.
     longest = max(len(g.prompt) + max(len(c) for c in g.completions) for g in groups)
     check_sequence_length(config.model, longest)
     return BatchStream(
         groups, spec, seed=tc.seed, shard_index=jax.process_index(), shard_count=processes,
         rows=rows,
-    )
-
-
-def truncate_for_layout(group: packing.Group, tc) -> packing.Group:
-    """``packing.truncate_group`` for the row layout of ``tc`` (a TrainConfig).
-
-    A packed row holds a whole group; a padded row holds one (prompt, completion) sequence, so
-    there each completion may use the whole row less the prompt (a pair's completions are not
-    squeezed into one row's budget, which left no room at all for the paper variants'
-    512-token rows with 256-token prompts).
-    """
-    kw = dict(seq_len=tc.seq_len, max_prompt_len=tc.max_prompt_len,
-              max_completion_len=tc.max_completion_len)
-    if tc.packing:
-        return packing.truncate_group(group, share_prefix=tc.share_prefix, **kw)
-    masks = group.masks or (None,) * len(group.completions)
-    singles = [
-        packing.truncate_group(
-            packing.Group(group.prompt, (c,), masks=None if m is None else (m,)),
-            share_prefix=True, **kw)
-        for c, m in zip(group.completions, masks)
-    ]
-    return dataclasses.replace(
-        group, prompt=singles[0].prompt, completions=tuple(s.completions[0] for s in singles),
-        masks=None if group.masks is None else tuple(s.masks[0] for s in singles),
     )
 
 

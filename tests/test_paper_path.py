@@ -398,15 +398,16 @@ def test_dpo_paper_variant_trains_from_the_checkpoint(tiny_ckpt, tmp_path, clean
 def test_padded_rows_give_each_completion_the_row_less_the_prompt():
     from fbjax.config import TrainConfig
     from fbjax.data.packing import Group
+    from fbjax.train.reference import Truncation
 
     group = Group(np.arange(6), (np.arange(10), np.arange(10)), {"w": (1.0, 2.0)},
                   (np.ones(10), np.zeros(10)))
     padded = TrainConfig(seq_len=12, max_prompt_len=4, max_completion_len=10, packing=False,
                          share_prefix=False)
-    out = recipes.truncate_for_layout(group, padded)
+    out = Truncation.from_train(padded).apply([group])[0]
     assert out.prompt.tolist() == [2, 3, 4, 5]
     assert [len(c) for c in out.completions] == [8, 8] and [len(m) for m in out.masks] == [8, 8]
     assert out.slot_fields == {"w": (1.0, 2.0)} and out.masks[0].sum() == 8
     # Packed without prefix sharing: both sequences share one row.
     packed = dataclasses.replace(padded, packing=True)
-    assert [len(c) for c in recipes.truncate_for_layout(group, packed).completions] == [2, 2]
+    assert [len(c) for c in Truncation.from_train(packed).apply([group])[0].completions] == [2, 2]

@@ -15,8 +15,9 @@ purely about wasted compute, which :func:`layout_stats` reports.
 
 Truncation policy (applied per group by :func:`truncate_group` before packing): the prompt keeps
 its last ``max_prompt_len`` tokens (the end of a conversation matters most), each completion keeps
-its first ``max_completion_len`` tokens, and if the group still does not fit ``seq_len`` the
-completions are cut further from the right.
+its first ``max_completion_len`` tokens, and if the group (packed) or a (prompt, completion)
+sequence (padded) still does not fit ``seq_len`` the longest completions are cut further from
+the right.
 """
 
 from __future__ import annotations
@@ -64,24 +65,37 @@ class Group:
 
 
 def truncate_group(
-    group: Group, *, seq_len: int, max_prompt_len: int, max_completion_len: int, share_prefix: bool
+    group: Group, *, seq_len: int, max_prompt_len: int, max_completion_len: int,
+    share_prefix: bool, packed: bool = True,
 ) -> Group:
-    """Applies the documented truncation policy (see module docstring)."""
+    """Applies the documented truncation policy (see module docstring).
+
+    ``packed``: the whole group shares one row of ``seq_len`` (once or, without
+    ``share_prefix``, once per completion, the prompt). Padded rows (``packed=False``) hold one
+    (prompt, completion) sequence each, so there every completion may use the row less the
+    prompt; squeezing a pair into one row's budget left the paper variants' 512-token rows with
+    256-token prompts no room at all.
+    """
     prompt = group.prompt[-max_prompt_len:]
     comps = [c[:max_completion_len] for c in group.completions]
     masks = None if group.masks is None else [m[:max_completion_len] for m in group.masks]
     n = len(comps)
-    budget = seq_len - (len(prompt) if share_prefix else len(prompt) * n)
-    if budget < n:
-        raise ValueError(
-            f"a prompt of {len(prompt)} tokens leaves no room for {n} completion(s) in "
-            f"seq_len={seq_len}; lower data.max_prompt_len"
-        )
-    while sum(len(c) for c in comps) > budget:
-        longest = max(range(n), key=lambda i: len(comps[i]))
-        comps[longest] = comps[longest][:-1]
-        if masks is not None:
-            masks[longest] = masks[longest][:-1]
+    if packed:
+        budgets = [seq_len - (len(prompt) if share_prefix else len(prompt) * n)]
+        parts = [list(range(n))]
+    else:
+        budgets, parts = [seq_len - len(prompt)] * n, [[i] for i in range(n)]
+    for budget, part in zip(budgets, parts):
+        if budget < len(part):
+            raise ValueError(
+                f"a prompt of {len(prompt)} tokens leaves no room for {len(part)} completion(s) "
+                f"in seq_len={seq_len}; lower data.max_prompt_len"
+            )
+        while sum(len(comps[i]) for i in part) > budget:
+            longest = max(part, key=lambda i: len(comps[i]))
+            comps[longest] = comps[longest][:-1]
+            if masks is not None:
+                masks[longest] = masks[longest][:-1]
     return dataclasses.replace(
         group, prompt=prompt, completions=tuple(comps),
         masks=None if masks is None else tuple(masks),

@@ -123,6 +123,7 @@ class Truncation:
     max_prompt_len: int
     max_completion_len: int
     share_prefix: bool
+    packed: bool = True
 
     @classmethod
     def from_train(cls, train: Any) -> "Truncation":
@@ -132,6 +133,7 @@ class Truncation:
             max_prompt_len=train.max_prompt_len,
             max_completion_len=train.max_completion_len,
             share_prefix=train.share_prefix and train.packing,
+            packed=train.packing,
         )
 
     def apply(self, groups: Sequence[packing.Group]) -> list[packing.Group]:
@@ -142,6 +144,7 @@ class Truncation:
                 max_prompt_len=self.max_prompt_len,
                 max_completion_len=self.max_completion_len,
                 share_prefix=self.share_prefix,
+                packed=self.packed,
             )
             for g in groups
         ]
