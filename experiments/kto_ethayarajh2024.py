@@ -29,6 +29,8 @@ Run::
 
 from __future__ import annotations
 
+import dataclasses
+
 from experiments import common, dpo_rafailov2023
 from experiments import feedback_families as ff
 from experiments.feedback_families import Method
@@ -78,7 +80,10 @@ def paper() -> ExperimentConfig:
 METHOD = Method(
     name="KTO", family="unpaired binary", feedback="thumbs up/down",
     objective=presets.kto(beta=0.1), build_data=ff.kto_data, adapt=ff.kto_balance,
-    train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
+    # The default experiment's KTO stage (chosen there on seed 0): at the preference methods'
+    # 1e-4 the policy drifted (seed 0: 0.463 -> 0.415, KL 1.26).
+    train=dataclasses.replace(common.SIM_TRAIN, steps=80),
+    optimizer=dataclasses.replace(common.SIM_OPTIMIZER, learning_rate=1e-5),
 )
 
 
