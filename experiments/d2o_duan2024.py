@@ -67,7 +67,10 @@ METHOD = Method(
     objective=presets.d2o(K, beta=0.1, alpha=0.1), build_data=common.negative_with_samples,
     # Groups of K + 1 slots never split across rows, so rows hold a multiple of them.
     train=dataclasses.replace(common.SIM_TRAIN, slots_per_row=3 * (K + 1)),
-    optimizer=common.SIM_OPTIMIZER,
+    # Chosen on seed 3 (not one of the table's seeds 0-2): at the preference methods' 1e-4 the
+    # push-down on negatives drifted the policy (seed 3: 0.566 -> 0.547, KL 0.43; seed 1 of the
+    # table: 0.465 -> 0.374), at 3e-5 it gained (0.566 -> 0.591, KL 0.06).
+    optimizer=dataclasses.replace(common.SIM_OPTIMIZER, learning_rate=3e-5),
 )
 
 
