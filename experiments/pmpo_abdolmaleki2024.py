@@ -9,7 +9,11 @@ it works with positives only (alpha = 1), negatives only (alpha = 0) or both, un
 * ``paper``: the paper's language-model setup (Gemma-based RLHF, per its acknowledgements) and
   its alpha / beta are unverified, and there is no official code. The variant is a stand-in:
   Gemma-7B (the supported Gemma generation) on UltraFeedback thumbs, alpha = 0.5, beta = 0.1,
-  learning rate 5e-7, batch 128, one epoch, 2048-token sequences.
+  learning rate 5e-7, batch 128, one epoch, 2048-token sequences. Known gap: alpha and beta
+  here apply to the batch mean over UltraFeedback's thumbs as they come (thumbs-up iff score >=
+  4), not to per-class means as in the paper; the ``sim`` variant corrects that with
+  ``common.pmpo_class_means`` once its data are built, a hook the single-run ``paper`` recipe
+  does not have yet.
 * Expected: no number recorded.
 * ``sim``: thumbs up iff the oracle reward is 1, alpha = 0.5, beta = 0.1 in the paper's
   objective, whose expectations are per class; ``common.pmpo_class_means`` rescales alpha and
