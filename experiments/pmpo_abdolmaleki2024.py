@@ -9,11 +9,10 @@ it works with positives only (alpha = 1), negatives only (alpha = 0) or both, un
 * ``paper``: the paper's language-model setup (Gemma-based RLHF, per its acknowledgements) and
   its alpha / beta are unverified, and there is no official code. The variant is a stand-in:
   Gemma-7B (the supported Gemma generation) on UltraFeedback thumbs, alpha = 0.5, beta = 0.1,
-  learning rate 5e-7, batch 128, one epoch, 2048-token sequences. Known gap: alpha and beta
-  here apply to the batch mean over UltraFeedback's thumbs as they come (thumbs-up iff score >=
-  4), not to per-class means as in the paper; the ``sim`` variant corrects that with
-  ``common.pmpo_class_means`` once its data are built, a hook the single-run ``paper`` recipe
-  does not have yet.
+  learning rate 5e-7, batch 128, one epoch, 2048-token sequences. UltraFeedback's thumbs
+  (thumbs-up iff score >= 4) are not balanced, so ``common.pmpo_class_means`` (``adapt``) sets
+  alpha and beta from the loaded data's class mix, making the batch mean the paper's per-class
+  objective, as in the ``sim`` variant.
 * Expected: no number recorded.
 * ``sim``: thumbs up iff the oracle reward is 1, alpha = 0.5, beta = 0.1 in the paper's
   objective, whose expectations are per class; ``common.pmpo_class_means`` rescales alpha and
@@ -49,6 +48,7 @@ def paper():
         name="pmpo_abdolmaleki2024",
         **common.checkpoint("google/gemma-7b"),
         objective=presets.pmpo(alpha=0.5, beta=0.1),
+        adapt=common.pmpo_class_means,
         # The UltraFeedback thumbs of the BCO configuration, in Gemma's own turn format.
         data=dataclasses.replace(base.data, template=sources.Chat(GEMMA)),
         evaluation=common.PaperEval(benchmark="unverified", metric="unverified"),

@@ -13,7 +13,7 @@ import difflib
 import enum
 import inspect
 import json
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from fbjax.models.config import ModelConfig
 from fbjax.sharding import MeshConfig
@@ -64,6 +64,9 @@ class ExperimentConfig:
     evaluation: Any = None
     # Where the starting weights come from: None (random), an fbjax checkpoint or HF directory.
     init_from: str | None = None
+    # Hyperparameters that depend on the data (e.g. KTO's or PMPO's class weights):
+    # ``(objective, token groups) -> objective``, applied once the data are loaded.
+    adapt: Callable[[Objective, Sequence[Any]], Objective] | None = None
 
 
 # ----------------------------------------------------------------------------- overrides

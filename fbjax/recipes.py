@@ -421,6 +421,11 @@ def run_single(config: ExperimentConfig, *, workdir: str, progress: bool = True)
     tokenizer = run_tokenizer(config.data, init_dir)
     check_vocab(tokenizer, config.model.vocab_size)
     groups = config.data.load(tokenizer)
+    if config.adapt is not None:
+        # The saved config then holds the adapted values (and names the function that set them).
+        config = dataclasses.replace(config, objective=config.adapt(config.objective, groups))
+        log.info("%s: objective hyperparameters for this data: %s", config.name,
+                 dict(config.objective.hparams))
     if init_dir is None:
         params = random_params(config, mesh, config.train.seed)
     else:

@@ -374,12 +374,25 @@ def test_dpo_paper_variant_trains_from_the_checkpoint(tiny_ckpt, tmp_path, clean
     assert data.tokenizer_path == ""  # so the checkpoint's tokenizer.json is used
     from fbjax.checkpoint import CheckpointConfig
 
+    seen = []
+
+    def adapt(objective, groups):  # a data-dependent hyperparameter, as PMPO's class weights
+        seen.append(len(groups))
+        return dataclasses.replace(objective, hparams={**objective.hparams,
+                                                       "beta": 0.01 * len(groups)})
+
     cfg = dataclasses.replace(base, data=data, init_from="hf:tiny-org/tiny-llama",
-                              checkpoint=CheckpointConfig(async_save=False))
+                              checkpoint=CheckpointConfig(async_save=False), adapt=adapt)
     workdir = tmp_path / "run"
     result = recipes.run_single(cfg, workdir=str(workdir), progress=False)
 
     assert [h["step"] for h in result.history] == [1, 2]
+    # adapt saw the loaded data once, and the checkpoint records the hyperparameter it set
+    from fbjax.checkpoint import read_extras
+
+    assert len(seen) == 1 and seen[0] > 0
+    saved = read_extras(str(workdir / "checkpoints"))["config"]["objective"]["hparams"]
+    assert saved["beta"] == pytest.approx(0.01 * seen[0])
     # Policy == reference at step 0: -log sigmoid(0) exactly.
     assert abs(result.history[0]["loss"] - math.log(2)) < 1e-5
     # The reference is the checkpoint: it reproduces transformers' logits.
