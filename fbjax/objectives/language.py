@@ -165,6 +165,7 @@ def cut(
     threshold: float = 1.1,
     unlikelihood_weight: float = 1.0,
     min_complement: float = 1e-5,
+    flag_final_token: bool = True,
 ) -> tuple[Array, Metrics]:
     r"""Contrastive Unlikelihood Training on one (plain, judgment-conditioned) response pair.
 
@@ -193,6 +194,11 @@ def cut(
         threshold: the detector's ratio :math:`\lambda \ge 1` (CUT: 1.1).
         unlikelihood_weight: :math:`\alpha`, weight of the unlikelihood terms (CUT: 1).
         min_complement: clamp on :math:`1 - p`.
+        flag_final_token: whether the response's last scored token (its EOS) may be flagged,
+            as in CUT's released code. When a negative judgment makes the end of a wrong answer
+            more likely, unlikelihood on it teaches the model not to stop: on the simulator
+            (seed 2) samples ran on past the answer ("2+17=" -> "19106141") and the oracle
+            reward fell from 0.497 to 0.329. ``False`` keeps the end out of :math:`F`.
 
     Returns:
         ``(loss [P], metrics)``: ``cut/flagged_fraction``, ``logps/plain`` and ``logps/judged``
@@ -218,6 +224,10 @@ def cut(
     plain = jnp.where(keep, _float(policy_token_logps_plain), -1.0)
     judged = jnp.where(keep, _float(policy_token_logps_judged), -1.0)
     flagged = cut_inappropriate_tokens(plain, judged, mask, threshold=threshold) > 0
+    if not flag_final_token:
+        position = jnp.arange(mask.shape[-1])
+        last = jnp.max(jnp.where(keep, position, -1), axis=-1, keepdims=True)
+        flagged = flagged & (position != last)
     log_complement = _log1mexp(plain, max_x=math.log1p(-min_complement))
     plain_term = jnp.where(flagged, -unlikelihood_weight * log_complement, -plain)
     loss = 0.5 * (_masked_mean(-judged, mask) + _masked_mean(plain_term, mask))

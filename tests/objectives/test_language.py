@@ -280,6 +280,24 @@ def test_cut_value_and_gradient_direction():
     assert float(g_plain[0, 1]) == pytest.approx(0.5 * (0.2 / 0.8) / 3, rel=1e-5)
 
 
+def test_cut_can_keep_the_final_token_out_of_the_flagged_set():
+    # Row 0: tokens 1 and 2 (the last) are made more likely by the judgment; row 1 is padded
+    # after token 1, so its last scored token is token 1.
+    p_plain = np.array([[0.5, 0.2, 0.4], [0.5, 0.2, 0.9]])
+    p_judged = np.array([[0.5, 0.6, 0.9], [0.5, 0.6, 0.9]])
+    mask = np.array([[1, 1, 1], [1, 1, 0]], np.float32)
+    lp, lj = jnp.log(p_plain), jnp.log(p_judged)
+    _, flag_all = L.cut(lp, lj, mask)
+    loss, kept = L.cut(lp, lj, mask, flag_final_token=False)
+    np.testing.assert_allclose(np.asarray(flag_all["cut/flagged_fraction"]), [2 / 3, 1 / 2],
+                               rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(kept["cut/flagged_fraction"]), [1 / 3, 0.0], rtol=1e-6)
+    # Row 0: unlikelihood on token 1 only, likelihood on the final token.
+    judged_nll = -(math.log(0.5) + math.log(0.6) + math.log(0.9)) / 3
+    plain = (-math.log(0.5) - math.log(1 - 0.2) - math.log(0.4)) / 3
+    assert float(loss[0]) == pytest.approx(0.5 * (judged_nll + plain), rel=1e-6)
+
+
 def test_cut_masked_entries_are_inert():
     mask = jnp.array([[1.0, 1.0, 0.0]])
     a = jnp.log(jnp.array([[0.5, 0.2, 0.3]]))
