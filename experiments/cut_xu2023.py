@@ -13,7 +13,9 @@ judgment, get likelihood (``fbjax.objectives.language.cut``).
 * Expected (as recalled): CUT above SFT, DPO and CoH-style baselines on AlpacaEval (win rate
   against text-davinci-003) at 13B; no number recorded here.
 * ``sim``: the task's short verdicts ("Correct." / "Incorrect: ...") as judgments on the SFT
-  policy's samples.
+  policy's samples, with each answer's EOS kept out of the unlikelihood set
+  (``flag_final_token=False``; docs/experiments.md says why). The ``paper`` variant flags any
+  token, as the released code does.
 * Compute (``paper``): 313 steps of 64 padded 1024-token rows (each response twice) on 13B.
 
 Run::
