@@ -25,23 +25,21 @@ Run::
 from __future__ import annotations
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import language, sources
 from fbjax.train import language_inputs
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 EXPLORE_SAMPLES = 64_000
 
 
 def paper() -> ExperimentConfig:
-    return ExperimentConfig(
-        name="alt_lloret2024",
-        **common.checkpoint("openai-community/gpt2-large"),
+    return common.paper(
+        "alt_lloret2024", checkpoint="openai-community/gpt2-large",
         objective=language_inputs.feedback_conditioned(),
         optimizer=OptimizerConfig(learning_rate=1e-5, warmup_steps=100, schedule="linear"),
         train=common.paper_train(examples=EXPLORE_SAMPLES, batch=64, completions=1, seq_len=128,
@@ -56,13 +54,12 @@ def paper() -> ExperimentConfig:
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="ALT", family="language feedback", feedback="critique as condition",
-    objective=language_inputs.feedback_conditioned(), build_data=common.feedback_conditioned,
+    objective=language_inputs.feedback_conditioned(), build=sim_feedback.feedback_conditioned,
     train=common.SIM_LM_TRAIN, optimizer=common.SIM_LM_OPTIMIZER,
-    eval_prompt=common.desired_feedback_prompt,
+    eval_prompt=sim_feedback.desired_feedback_prompt,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="alt_lloret2024")

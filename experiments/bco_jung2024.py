@@ -15,7 +15,7 @@ embedding model.
   rated completions is an estimate of the binary view's size.
 * Expected: BCO on par with DPO trained on the same data as pairs (no number recorded here).
 * ``sim``: thumbs up iff the oracle reward is 1, with the thumbs-down subsampled to as many as
-  the thumbs-up (``common.balanced_thumbs``): the paper's data are binarized pairs, one of
+  the thumbs-up (``sim_feedback.balanced_thumbs``): the paper's data are binarized pairs, one of
   each per prompt, while two thirds of the SFT policy's samples are wrong. On the full 1:2 mix
   the oracle reward fell from 0.46 to 0.36; balanced it rises to 0.49 (seed 0, docs table).
 * Compute (``paper``): 1,875 steps of 128 padded 2048-token rows, policy plus reference.
@@ -31,15 +31,14 @@ from __future__ import annotations
 import functools
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import encode, sources
 from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 ULTRAFEEDBACK_RATED = 240_000
 
@@ -47,9 +46,8 @@ ULTRAFEEDBACK_RATED = 240_000
 def paper() -> ExperimentConfig:
     train = common.paper_train(examples=ULTRAFEEDBACK_RATED, batch=128, completions=1,
                                seq_len=2048, max_prompt_len=1024, microbatches=8)
-    return ExperimentConfig(
-        name="bco_jung2024",
-        **common.checkpoint("alignment-handbook/zephyr-7b-sft-full"),
+    return common.paper(
+        "bco_jung2024", checkpoint="alignment-handbook/zephyr-7b-sft-full",
         objective=presets.bco(beta=0.01),
         optimizer=OptimizerConfig(learning_rate=5e-7, warmup_steps=round(0.1 * train.steps),
                                   schedule="linear"),
@@ -64,12 +62,11 @@ def paper() -> ExperimentConfig:
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="BCO", family="unpaired binary", feedback="thumbs up/down",
-    objective=presets.bco(beta=0.1), build_data=common.balanced_thumbs,
+    objective=presets.bco(beta=0.1), build=sim_feedback.balanced_thumbs,
     train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="bco_jung2024")

@@ -28,23 +28,21 @@ Run::
 from __future__ import annotations
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import sources
 from fbjax.train import language_inputs
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 PROMPTS_PER_FEEDBACK = 2_000
 
 
 def paper() -> ExperimentConfig:
-    return ExperimentConfig(
-        name="c3po_stephan2024",
-        **common.checkpoint("mistralai/Mistral-7B-Instruct-v0.2"),
+    return common.paper(
+        "c3po_stephan2024", checkpoint="mistralai/Mistral-7B-Instruct-v0.2",
         objective=language_inputs.c3po(beta=0.1, near_scope_weight=0.2, out_of_scope_weight=0.2),
         optimizer=OptimizerConfig(learning_rate=5e-5, warmup_steps=5, schedule="linear"),
         train=common.paper_train(examples=PROMPTS_PER_FEEDBACK, batch=32, completions=2,
@@ -61,12 +59,11 @@ def paper() -> ExperimentConfig:
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="C3PO", family="language feedback", feedback="one verbal rule with scope",
-    objective=language_inputs.c3po(), build_data=common.scoped_feedback,
+    objective=language_inputs.c3po(), build=sim_feedback.scoped_feedback,
     train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="c3po_stephan2024")

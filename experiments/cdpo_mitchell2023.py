@@ -21,32 +21,28 @@ Run::
 
 from __future__ import annotations
 
-import dataclasses
 
 from experiments import common, rdpo_chowdhury2024
-from experiments.feedback_families import Method
 from fbjax.train import presets
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 
 def paper():
-    return dataclasses.replace(
+    return common.derive(
         rdpo_chowdhury2024.paper(),
         name="cdpo_mitchell2023",
         objective=presets.cdpo(beta=0.1, label_smoothing=0.1),
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="cDPO", family="paired preference", feedback="noisy pairwise preference",
     objective=presets.cdpo(beta=0.1, label_smoothing=rdpo_chowdhury2024.FLIP_RATE),
-    build_data=rdpo_chowdhury2024.noisy_preferences,
+    build=rdpo_chowdhury2024.noisy_preferences,
     train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="cdpo_mitchell2023")

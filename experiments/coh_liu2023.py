@@ -32,25 +32,22 @@ from __future__ import annotations
 import dataclasses
 
 from experiments import common, dpo_rafailov2023
-from experiments import feedback_families as ff
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import sources
 from fbjax.train import language_inputs
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 # TL;DR comparisons (92.9k) + HH (160.8k); WebGPT's 19.6k comparisons are not counted.
 COH_PAIRS = 92_858 + dpo_rafailov2023.HH_TRAIN_PAIRS
 
 
 def paper() -> ExperimentConfig:
-    return ExperimentConfig(
-        name="coh_liu2023",
-        **common.checkpoint("meta-llama/Llama-2-7b-hf"),
+    return common.paper(
+        "coh_liu2023", checkpoint="meta-llama/Llama-2-7b-hf",
         objective=language_inputs.chain_of_hindsight(),
         optimizer=OptimizerConfig(learning_rate=1e-5, warmup_steps=100, schedule="cosine"),
         train=common.paper_train(examples=COH_PAIRS, batch=64, completions=1, seq_len=1024,
@@ -72,13 +69,12 @@ def paper() -> ExperimentConfig:
 # The policy has to learn to read the phrase: at the likelihood methods' 360 steps samples under
 # "A helpful answer:" and "An unhelpful answer:" were the same (oracle reward 0.35 either way),
 # at 720 the helpful ones were ahead (0.51 vs 0.33), at 1,080 clearly (0.68 vs 0.34).
-METHOD = Method(
+STAGE = common.method(
     name="CoH", family="language feedback", feedback="good/bad hindsight phrases",
-    objective=language_inputs.chain_of_hindsight(), build_data=common.hindsight,
+    objective=language_inputs.chain_of_hindsight(), build=sim_feedback.hindsight,
     train=dataclasses.replace(common.SIM_LM_TRAIN, steps=1080), optimizer=common.SIM_LM_OPTIMIZER,
-    eval_prompt=ff.coh_eval_prompt,
+    eval_prompt=sim_feedback.coh_eval_prompt,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="coh_liu2023")

@@ -26,15 +26,15 @@ import dataclasses
 import functools
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.models import config as mc
+from fbjax.run.config import ExperimentConfig, single
+from fbjax.run import sim_feedback
 from fbjax.data import language, sources, templates
 from fbjax.train import language_inputs
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 PRETRAINING_TOKENS = 3_300_000_000
 SEQ_LEN = 1024
@@ -44,11 +44,11 @@ GOOD_SCORE_THRESHOLD = 0.0
 
 
 def paper() -> ExperimentConfig:
-    return ExperimentConfig(
+    return single(
         name="conditional_korbak2023",
         # Pretraining from scratch: GPT-2 small's architecture, random initialisation.
-        model=common.CHECKPOINTS["openai-community/gpt2"],
-        init_from=None,
+        model=mc.gpt2(vocab_size=50257, hidden_size=768, num_layers=12, num_heads=12,
+                      mlp_dim=3072, max_seq_len=1024, dtype="bfloat16", remat="block"),
         objective=language_inputs.conditional_training(),
         optimizer=OptimizerConfig(learning_rate=5e-4, warmup_steps=1000, schedule="linear",
                                   weight_decay=0.1),
@@ -67,13 +67,12 @@ def paper() -> ExperimentConfig:
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="Conditional", family="language feedback", feedback="<|good|>/<|bad|> control token",
-    objective=language_inputs.conditional_training(), build_data=common.control_tokens,
+    objective=language_inputs.conditional_training(), build=sim_feedback.control_tokens,
     train=common.SIM_LM_TRAIN, optimizer=common.SIM_LM_OPTIMIZER,
     eval_prompt=templates.conditional_prompt,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="conditional_korbak2023")

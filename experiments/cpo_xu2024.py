@@ -24,15 +24,14 @@ Run::
 from __future__ import annotations
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import encode, sources
 from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 ALMA_R_TRIPLETS = 20_000
 
@@ -40,9 +39,8 @@ ALMA_R_TRIPLETS = 20_000
 def paper() -> ExperimentConfig:
     train = common.paper_train(examples=ALMA_R_TRIPLETS, batch=128, completions=2, seq_len=512,
                                max_prompt_len=256, microbatches=4)
-    return ExperimentConfig(
-        name="cpo_xu2024",
-        **common.checkpoint("haoranxu/ALMA-13B-Pretrain"),
+    return common.paper(
+        "cpo_xu2024", checkpoint="haoranxu/ALMA-13B-Pretrain",
         objective=presets.cpo(beta=0.1, nll_weight=1.0),
         optimizer=OptimizerConfig(learning_rate=1e-4, schedule="linear",
                                   warmup_steps=max(1, round(0.01 * train.steps))),
@@ -57,12 +55,11 @@ def paper() -> ExperimentConfig:
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="CPO", family="paired preference", feedback="pairwise preference",
-    objective=presets.cpo(beta=0.1), build_data=common.preference_pairs,
+    objective=presets.cpo(beta=0.1), build=sim_feedback.preference_pairs,
     train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="cpo_xu2024")

@@ -26,23 +26,21 @@ Run::
 from __future__ import annotations
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import language, sources
 from fbjax.train import language_inputs
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 JUDGED_RESPONSES = 10_000
 
 
 def paper() -> ExperimentConfig:
-    return ExperimentConfig(
-        name="cut_xu2023",
-        **common.checkpoint("meta-llama/Llama-2-13b-hf"),
+    return common.paper(
+        "cut_xu2023", checkpoint="meta-llama/Llama-2-13b-hf",
         objective=language_inputs.cut(threshold=1.1, unlikelihood_weight=1.0),
         optimizer=OptimizerConfig(learning_rate=1e-5, warmup_steps=10, schedule="cosine"),
         train=common.paper_train(examples=JUDGED_RESPONSES, batch=32, completions=2,
@@ -56,15 +54,14 @@ def paper() -> ExperimentConfig:
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="CUT", family="language feedback", feedback="judgment (verdict)",
     # The answer's EOS is never flagged: when a "wrong" verdict made it more likely, pushing it
     # down taught the policy not to stop (seed 2: 0.497 -> 0.329, samples such as "19106141";
     # with the end kept out, 0.497 -> 0.563 and seeds 0 / 1 also gain more).
-    objective=language_inputs.cut(flag_final_token=False), build_data=common.judged_pairs,
+    objective=language_inputs.cut(flag_final_token=False), build=sim_feedback.judged_pairs,
     train=common.SIM_LM_TRAIN, optimizer=common.SIM_LM_OPTIMIZER,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="cut_xu2023")

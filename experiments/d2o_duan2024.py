@@ -28,24 +28,22 @@ from __future__ import annotations
 import dataclasses
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import sources
 from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 SAMPLES_PER_PROMPT = 11
 PKU_NEGATIVES = 60_000
 
 
 def paper() -> ExperimentConfig:
-    return ExperimentConfig(
-        name="d2o_duan2024",
-        **common.checkpoint("PKU-Alignment/alpaca-7b-reproduced"),
+    return common.paper(
+        "d2o_duan2024", checkpoint="PKU-Alignment/alpaca-7b-reproduced",
         objective=presets.d2o(SAMPLES_PER_PROMPT, beta=0.1, alpha=0.1),
         optimizer=OptimizerConfig(learning_rate=5e-7, warmup_steps=200, schedule="constant"),
         train=common.paper_train(examples=PKU_NEGATIVES, batch=32,
@@ -61,10 +59,10 @@ def paper() -> ExperimentConfig:
     )
 
 
-K = common.SIM_BASE.samples_per_prompt
-METHOD = Method(
+K = common.SAMPLES_PER_PROMPT
+STAGE = common.method(
     name="D2O", family="negative-only", feedback="human negative + self samples",
-    objective=presets.d2o(K, beta=0.1, alpha=0.1), build_data=common.negative_with_samples,
+    objective=presets.d2o(K, beta=0.1, alpha=0.1), build=sim_feedback.negative_with_samples,
     # Groups of K + 1 slots never split across rows, so rows hold a multiple of them.
     train=dataclasses.replace(common.SIM_TRAIN, slots_per_row=3 * (K + 1)),
     # Chosen on seed 3 (not one of the table's seeds 0-2): at the preference methods' 1e-4 the
@@ -74,5 +72,4 @@ METHOD = Method(
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="d2o_duan2024")

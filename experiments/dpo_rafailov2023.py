@@ -33,15 +33,14 @@ under TFDS's manual directory (``~/tensorflow_datasets/downloads/manual/<subset>
 from __future__ import annotations
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import encode, hh_rlhf, sources
 from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 # All four HH-RLHF subsets: 43,835 + 42,537 + 22,007 + 52,421 training pairs.
 HH_TRAIN_PAIRS = 160_800
@@ -54,9 +53,8 @@ def hh_all(split: str = "train") -> sources.Mixture:
 
 
 def paper() -> ExperimentConfig:
-    return ExperimentConfig(
-        name="dpo_rafailov2023",
-        **common.checkpoint("openai-community/gpt2-xl"),
+    return common.paper(
+        "dpo_rafailov2023", checkpoint="openai-community/gpt2-xl",
         objective=presets.dpo(beta=0.1),
         optimizer=OptimizerConfig(learning_rate=1e-6, warmup_steps=150, schedule="constant",
                                   grad_clip=10.0),
@@ -74,13 +72,12 @@ def paper() -> ExperimentConfig:
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="DPO", family="paired preference", feedback="pairwise preference",
-    objective=presets.dpo(beta=0.1), build_data=common.preference_pairs,
+    objective=presets.dpo(beta=0.1), build=sim_feedback.preference_pairs,
     train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="dpo_rafailov2023")
 

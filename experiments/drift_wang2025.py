@@ -27,15 +27,14 @@ Run::
 from __future__ import annotations
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import sources
 from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 WILDFEEDBACK_DSAT = 5_000
 
@@ -43,9 +42,8 @@ WILDFEEDBACK_DSAT = 5_000
 def paper() -> ExperimentConfig:
     train = common.paper_train(examples=WILDFEEDBACK_DSAT, batch=4, completions=2, seq_len=2048,
                                max_prompt_len=1024)
-    return ExperimentConfig(
-        name="drift_wang2025",
-        **common.checkpoint("Qwen/Qwen2.5-7B-Instruct"),
+    return common.paper(
+        "drift_wang2025", checkpoint="Qwen/Qwen2.5-7B-Instruct",
         objective=presets.dpo(beta=0.1),
         optimizer=OptimizerConfig(learning_rate=5e-7, warmup_steps=round(0.1 * train.steps),
                                   schedule="linear"),
@@ -62,12 +60,11 @@ def paper() -> ExperimentConfig:
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="DRIFT", family="negative-anchored preference", feedback="dissatisfied samples",
-    objective=presets.dpo(beta=0.1), build_data=common.dissatisfaction_pairs,
+    objective=presets.dpo(beta=0.1), build=sim_feedback.dissatisfaction_pairs,
     train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="drift_wang2025")

@@ -25,23 +25,21 @@ Run::
 from __future__ import annotations
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import language, sources
 from fbjax.train import language_inputs
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 OFFLINE_EXAMPLES = 100_000
 
 
 def paper() -> ExperimentConfig:
-    return ExperimentConfig(
-        name="fcp_luo2025",
-        **common.checkpoint("Qwen/Qwen2.5-7B"),
+    return common.paper(
+        "fcp_luo2025", checkpoint="Qwen/Qwen2.5-7B",
         objective=language_inputs.feedback_conditioned(),
         optimizer=OptimizerConfig(learning_rate=1e-5, warmup_steps=30, schedule="cosine"),
         train=common.paper_train(examples=OFFLINE_EXAMPLES, batch=128, completions=1,
@@ -57,13 +55,12 @@ def paper() -> ExperimentConfig:
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="FCP", family="language feedback", feedback="critique as condition",
-    objective=language_inputs.feedback_conditioned(), build_data=common.feedback_conditioned,
+    objective=language_inputs.feedback_conditioned(), build=sim_feedback.feedback_conditioned,
     train=common.SIM_LM_TRAIN, optimizer=common.SIM_LM_OPTIMIZER,
-    eval_prompt=common.desired_feedback_prompt,
+    eval_prompt=sim_feedback.desired_feedback_prompt,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="fcp_luo2025")

@@ -27,23 +27,21 @@ Run::
 from __future__ import annotations
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import sources
 from fbjax.train import language_inputs
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 SLF5K_TRAIN = 5_000
 
 
 def paper() -> ExperimentConfig:
-    return ExperimentConfig(
-        name="ilf_scheurer2023",
-        **common.checkpoint("meta-llama/Llama-2-7b-hf"),
+    return common.paper(
+        "ilf_scheurer2023", checkpoint="meta-llama/Llama-2-7b-hf",
         objective=language_inputs.ilf(),
         optimizer=OptimizerConfig(learning_rate=1e-5, warmup_steps=10, schedule="cosine"),
         train=common.paper_train(examples=SLF5K_TRAIN, batch=32, completions=1, seq_len=1024,
@@ -58,12 +56,11 @@ def paper() -> ExperimentConfig:
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="ILF", family="language feedback", feedback="critique -> refinement",
-    objective=language_inputs.ilf(), build_data=common.refinement_sft,
+    objective=language_inputs.ilf(), build=sim_feedback.refinement_sft,
     train=common.SIM_LM_TRAIN, optimizer=common.SIM_LM_OPTIMIZER,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="ilf_scheurer2023")

@@ -19,19 +19,17 @@ Run::
 
 from __future__ import annotations
 
-import dataclasses
 
 from experiments import common, dpo_rafailov2023
-from experiments.feedback_families import Method
+from fbjax.run import sim_feedback
 from fbjax.train import presets
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 
 def paper():
-    return dataclasses.replace(
+    return common.derive(
         dpo_rafailov2023.paper(),
         name="ipo_azar2023",
         objective=presets.ipo(beta=0.1, length_normalize=True),
@@ -42,12 +40,11 @@ def paper():
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="IPO", family="paired preference", feedback="pairwise preference",
-    objective=presets.ipo(beta=0.1), build_data=common.preference_pairs,
+    objective=presets.ipo(beta=0.1), build=sim_feedback.preference_pairs,
     train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="ipo_azar2023")

@@ -28,17 +28,16 @@ from __future__ import annotations
 import functools
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import sources
 from fbjax.objectives import preference
 from fbjax.train import inputs
 from fbjax.train.objective import Objective
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 ITEMS_PER_LIST = 10
 REDIAL_LISTS = 10_000
@@ -50,9 +49,8 @@ def irpo(size: int, **hparams) -> Objective:
 
 
 def paper() -> ExperimentConfig:
-    return ExperimentConfig(
-        name="irpo_wu2025",
-        **common.checkpoint("Qwen/Qwen2.5-3B-Instruct"),
+    return common.paper(
+        "irpo_wu2025", checkpoint="Qwen/Qwen2.5-3B-Instruct",
         objective=irpo(ITEMS_PER_LIST, beta=1.0),
         optimizer=OptimizerConfig(learning_rate=1e-5, warmup_steps=0, schedule="constant"),
         train=common.paper_train(examples=REDIAL_LISTS, batch=32, completions=ITEMS_PER_LIST,
@@ -67,12 +65,11 @@ def paper() -> ExperimentConfig:
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="IRPO", family="ranked lists", feedback="graded relevance of 4 samples",
-    objective=irpo(common.SIM_BASE.samples_per_prompt, beta=1.0),
-    build_data=common.ranked_lists, train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
+    objective=irpo(common.SAMPLES_PER_PROMPT, beta=1.0),
+    build=sim_feedback.ranked_lists, train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="irpo_wu2025")

@@ -32,16 +32,14 @@ from __future__ import annotations
 import dataclasses
 
 from experiments import common, dpo_rafailov2023
-from experiments import feedback_families as ff
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import encode, sources
 from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 SHP_TRAIN_PAIRS = 348_718
 OASST1_PAIRS = 20_000
@@ -58,9 +56,8 @@ def archangel_pairs() -> sources.Mixture:
 
 
 def paper() -> ExperimentConfig:
-    return ExperimentConfig(
-        name="kto_ethayarajh2024",
-        **common.checkpoint("huggyllama/llama-7b"),
+    return common.paper(
+        "kto_ethayarajh2024", checkpoint="huggyllama/llama-7b",
         objective=presets.kto(beta=0.1, desirable_weight=1.0, undesirable_weight=1.0),
         optimizer=OptimizerConfig(learning_rate=5e-7, warmup_steps=150, schedule="constant",
                                   grad_clip=10.0),
@@ -77,9 +74,9 @@ def paper() -> ExperimentConfig:
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="KTO", family="unpaired binary", feedback="thumbs up/down",
-    objective=presets.kto(beta=0.1), build_data=ff.kto_data, adapt=ff.kto_balance,
+    objective=presets.kto(beta=0.1), build=sim_feedback.kto_data, adapt=sim_feedback.kto_balance,
     # The default experiment's KTO stage (chosen there on seed 0): at the preference methods'
     # 1e-4 the policy drifted (seed 0: 0.463 -> 0.415, KL 1.26).
     train=dataclasses.replace(common.SIM_TRAIN, steps=80),
@@ -87,5 +84,4 @@ METHOD = Method(
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="kto_ethayarajh2024")

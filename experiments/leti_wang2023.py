@@ -25,24 +25,22 @@ Run::
 from __future__ import annotations
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import sources, templates
 from fbjax.train import language_inputs
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 MBPP_TRAIN = 374
 SAMPLES_PER_PROBLEM = 4
 
 
 def paper() -> ExperimentConfig:
-    return ExperimentConfig(
-        name="leti_wang2023",
-        **common.checkpoint("Qwen/Qwen2.5-Coder-0.5B"),
+    return common.paper(
+        "leti_wang2023", checkpoint="Qwen/Qwen2.5-Coder-0.5B",
         objective=language_inputs.leti(),
         optimizer=OptimizerConfig(learning_rate=1e-5, warmup_steps=0, schedule="constant"),
         train=common.paper_train(examples=MBPP_TRAIN * SAMPLES_PER_PROBLEM, batch=128,
@@ -57,13 +55,12 @@ def paper() -> ExperimentConfig:
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="LeTI", family="language feedback", feedback="reward token + critique",
-    objective=language_inputs.leti(), build_data=common.leti_sequences,
+    objective=language_inputs.leti(), build=sim_feedback.leti_sequences,
     train=common.SIM_LM_TRAIN, optimizer=common.SIM_LM_OPTIMIZER,
     eval_prompt=templates.leti_prompt,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="leti_wang2023")

@@ -30,15 +30,14 @@ Run::
 from __future__ import annotations
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import sources
 from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 RESPONSES_PER_PROMPT = 16
 DAPO_MATH_PROMPTS = 17_398
@@ -46,9 +45,8 @@ UPDATE_SEQUENCES = 512
 
 
 def paper() -> ExperimentConfig:
-    return ExperimentConfig(
-        name="nft_chen2025",
-        **common.checkpoint("Qwen/Qwen2.5-Math-7B"),
+    return common.paper(
+        "nft_chen2025", checkpoint="Qwen/Qwen2.5-Math-7B",
         objective=presets.nft(negative_weight=1.0, negative_clip=1.0, normalize=1,
                               token_normalizer=1000.0 / UPDATE_SEQUENCES),
         optimizer=OptimizerConfig(learning_rate=1e-6, warmup_steps=10, schedule="constant"),
@@ -67,12 +65,11 @@ def paper() -> ExperimentConfig:
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="NFT", family="negative-aware (verifier)", feedback="correct / wrong per sample",
-    objective=presets.nft(token_normalizer=1.0), build_data=common.verified_groups,
+    objective=presets.nft(token_normalizer=1.0), build=sim_feedback.verified_groups,
     train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="nft_chen2025")

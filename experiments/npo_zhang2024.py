@@ -29,16 +29,14 @@ from __future__ import annotations
 import dataclasses
 
 from experiments import common
-from experiments import feedback_families as ff
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import encode, sources
 from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 TOFU_FORGET10 = 400
 
@@ -46,9 +44,8 @@ TOFU_FORGET10 = 400
 def paper() -> ExperimentConfig:
     train = common.paper_train(examples=TOFU_FORGET10, batch=32, completions=1, seq_len=512,
                                max_prompt_len=256, epochs=10)
-    return ExperimentConfig(
-        name="npo_zhang2024",
-        **common.checkpoint("locuslab/tofu_ft_llama2-7b"),
+    return common.paper(
+        "npo_zhang2024", checkpoint="locuslab/tofu_ft_llama2-7b",
         objective=presets.npo(beta=0.1),
         optimizer=OptimizerConfig(learning_rate=1e-5, warmup_steps=train.steps // 10,
                                   schedule="linear", weight_decay=0.01),
@@ -65,12 +62,11 @@ def paper() -> ExperimentConfig:
 
 # The default experiment's NPO stage: beta = 1 and a smaller learning rate than the others; the
 # least damaging of the settings tried (see the docstring).
-METHOD = Method(
+STAGE = common.method(
     name="NPO", family="negative-only", feedback="bad samples only",
-    objective=presets.npo(beta=1.0), build_data=ff.npo_data, train=common.SIM_TRAIN,
+    objective=presets.npo(beta=1.0), build=sim_feedback.npo_data, train=common.SIM_TRAIN,
     optimizer=dataclasses.replace(common.SIM_OPTIMIZER, learning_rate=5e-5),
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="npo_zhang2024")

@@ -26,23 +26,21 @@ Run::
 from __future__ import annotations
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import encode, sources
 from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 ARGILLA_CLEANED_PAIRS = 60_917
 
 
 def paper() -> ExperimentConfig:
-    return ExperimentConfig(
-        name="orpo_hong2024",
-        **common.checkpoint("mistralai/Mistral-7B-v0.1"),
+    return common.paper(
+        "orpo_hong2024", checkpoint="mistralai/Mistral-7B-v0.1",
         objective=presets.orpo(beta=0.1),
         optimizer=OptimizerConfig(learning_rate=5e-6, warmup_steps=200, schedule="linear"),
         train=common.paper_train(examples=ARGILLA_CLEANED_PAIRS, batch=32, completions=2,
@@ -57,12 +55,11 @@ def paper() -> ExperimentConfig:
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="ORPO", family="paired preference", feedback="pairwise preference",
-    objective=presets.orpo(beta=0.1), build_data=common.preference_pairs,
+    objective=presets.orpo(beta=0.1), build=sim_feedback.preference_pairs,
     train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="orpo_hong2024")

@@ -21,19 +21,17 @@ Run::
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 from experiments import common, dpo_rafailov2023
-from experiments.feedback_families import Method
-from fbjax.data import sources
+from fbjax.data import listwise, sources
+from fbjax.run import sim_feedback
 from fbjax.objectives import preference
 from fbjax.train import inputs
 from fbjax.train.objective import Objective
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 LIST_SIZE = 3
 OASST1_EN_LISTS = 8_000
@@ -45,26 +43,25 @@ def plackett_luce(size: int, **hparams) -> Objective:
 
 
 def paper():
-    return dataclasses.replace(
+    return common.derive(
         dpo_rafailov2023.paper(),
         name="plackett_luce_rafailov2023",
         objective=plackett_luce(LIST_SIZE, beta=0.1),
         train=common.paper_train(examples=OASST1_EN_LISTS, batch=64, completions=LIST_SIZE,
                                  seq_len=512, max_prompt_len=256),
         data=sources.Dataset(source=sources.OASST1(languages="en"),
-                             encoder=functools.partial(common.ranked_groups, size=LIST_SIZE),
+                             encoder=functools.partial(listwise.ranked_groups, size=LIST_SIZE),
                              template=sources.Transcript()),
         evaluation=common.PaperEval(benchmark="OASST1 (no experiment in the paper)",
                                     metric="GPT-4 win rate against the best-ranked reply"),
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="PL-DPO", family="ranked lists", feedback="ranking of 4 samples",
-    objective=plackett_luce(common.SIM_BASE.samples_per_prompt, beta=0.1),
-    build_data=common.ranked_lists, train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
+    objective=plackett_luce(common.SAMPLES_PER_PROMPT, beta=0.1),
+    build=sim_feedback.ranked_lists, train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="plackett_luce_rafailov2023")

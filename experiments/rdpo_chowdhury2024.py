@@ -30,26 +30,25 @@ import dataclasses
 import functools
 
 from experiments import common, dpo_rafailov2023
-from experiments.feedback_families import Method
+from fbjax.run import sim_feedback
 from fbjax.train import presets
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 # Label-flip rate of the simulated annotator in the ``sim`` variant (and the rate rDPO and cDPO
 # are told). The paper's recommended epsilon for real data is 0.1.
 FLIP_RATE = 0.2
-noisy_preferences = functools.partial(common.preference_pairs, flip_rate=FLIP_RATE)
+noisy_preferences = functools.partial(sim_feedback.preference_pairs, flip_rate=FLIP_RATE)
 
 
 def paper():
     base = dpo_rafailov2023.paper()
-    return dataclasses.replace(
+    return common.derive(
         base,
         name="rdpo_chowdhury2024",
         objective=presets.rdpo(beta=0.1, label_smoothing=0.1),
-        optimizer=dataclasses.replace(base.optimizer, learning_rate=1e-3),
+        optimizer=dataclasses.replace(base.stages[0].optimizer, learning_rate=1e-3),
         train=common.paper_train(examples=dpo_rafailov2023.HH_TRAIN_PAIRS, batch=16,
                                  completions=2, seq_len=512, max_prompt_len=256),
         evaluation=common.PaperEval(
@@ -59,12 +58,11 @@ def paper():
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="rDPO", family="paired preference", feedback="noisy pairwise preference",
-    objective=presets.rdpo(beta=0.1, label_smoothing=FLIP_RATE), build_data=noisy_preferences,
+    objective=presets.rdpo(beta=0.1, label_smoothing=FLIP_RATE), build=noisy_preferences,
     train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="rdpo_chowdhury2024")

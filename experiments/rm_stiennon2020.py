@@ -34,25 +34,21 @@ from __future__ import annotations
 import dataclasses
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim, sim_feedback
 from fbjax.data import encode, sources
 from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 TLDR_TRAIN_COMPARISONS = 92_858
 
 
 def paper() -> ExperimentConfig:
-    ckpt = common.checkpoint("openai-community/gpt2-xl")
-    return ExperimentConfig(
-        name="rm_stiennon2020",
-        model=dataclasses.replace(ckpt["model"], reward_head=True),
-        init_from=ckpt["init_from"],
+    return common.paper(
+        "rm_stiennon2020", checkpoint="openai-community/gpt2-xl", reward_model=True,
         objective=presets.reward_model(),
         optimizer=OptimizerConfig(learning_rate=1.5e-5, warmup_steps=0, schedule="cosine"),
         train=common.paper_train(examples=TLDR_TRAIN_COMPARISONS, batch=64, completions=2,
@@ -68,13 +64,12 @@ def paper() -> ExperimentConfig:
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="RM", family="reward model (paired)", feedback="pairwise preference",
-    objective=presets.reward_model(), build_data=common.preference_pairs,
+    objective=presets.reward_model(), build=sim_feedback.preference_pairs,
     train=common.SIM_TRAIN, optimizer=dataclasses.replace(common.SIM_OPTIMIZER, learning_rate=3e-4),
-    start=common.reward_model_start, evaluate=common.best_of_n_eval,
+    head=sim.reward_model_start, evaluate=sim.best_of_n,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="rm_stiennon2020")

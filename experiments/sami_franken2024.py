@@ -33,24 +33,22 @@ Run::
 from __future__ import annotations
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import sources
 from fbjax.train import language_inputs
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 CONSTITUTIONS = 2
 QUERIES = 4_400
 
 
 def paper() -> ExperimentConfig:
-    return ExperimentConfig(
-        name="sami_franken2024",
-        **common.checkpoint("mistralai/Mistral-7B-v0.1"),
+    return common.paper(
+        "sami_franken2024", checkpoint="mistralai/Mistral-7B-v0.1",
         objective=language_inputs.sami(CONSTITUTIONS),
         optimizer=OptimizerConfig(learning_rate=5e-7, warmup_steps=0, schedule="constant"),
         train=common.paper_train(examples=QUERIES, batch=32, completions=CONSTITUTIONS ** 2,
@@ -69,13 +67,12 @@ def paper() -> ExperimentConfig:
 # SAMI's loss is contrastive, like DPO's, not a likelihood of a new format: the preference
 # methods' stage. (With the likelihood methods' 10x learning rate and 9x steps the policy
 # drifted further: oracle reward 0.48 -> 0.06 against 0.14 here.)
-METHOD = Method(
+STAGE = common.method(
     name="SAMI", family="language feedback", feedback="written principles",
-    objective=language_inputs.sami(CONSTITUTIONS), build_data=common.constitution_matrix,
+    objective=language_inputs.sami(CONSTITUTIONS), build=sim_feedback.constitution_matrix,
     train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
-    eval_prompt=common.principled_prompt,
+    eval_prompt=sim_feedback.principled_prompt,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="sami_franken2024")

@@ -8,12 +8,14 @@ Used as the stage every feedback experiment starts from, and by the checkpoint/r
 
 from __future__ import annotations
 
-from fbjax import sharding as fsh
+import dataclasses
+
+from experiments import common
 from fbjax.checkpoint import CheckpointConfig
-from fbjax.config import ExperimentConfig, TrainConfig
-from fbjax.models import config as model_config
-from fbjax.sim.data import Demonstrations
+from fbjax.run import sim
+from fbjax.run.config import ExperimentConfig, TrainStage
 from fbjax.train import presets
+from fbjax.train.config import TrainConfig
 from fbjax.train.optim import OptimizerConfig
 
 VARIANTS = ("sim", "tiny")
@@ -21,25 +23,26 @@ DEFAULT_VARIANT = "sim"
 
 
 def get_config(variant: str = DEFAULT_VARIANT) -> ExperimentConfig:
-    config = ExperimentConfig(
-        name="sft_sim",
-        model=model_config.llama(vocab_size=384, hidden_size=96, num_layers=2, num_heads=4,
-                                 num_kv_heads=2, mlp_dim=256, max_seq_len=128),
-        objective=presets.sft(),
+    stage = TrainStage(
+        name="sft", objective=presets.sft(),
+        data=sim.Demonstrations(num_examples=2000, quality=0.5),
         optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=30),
-        train=TrainConfig(steps=300, batch_rows=16, seq_len=96, slots_per_row=16, log_every=25),
-        mesh=fsh.MeshConfig(shape=(1, -1, 1), rules=fsh.RULES_FSDP),
-        data=Demonstrations(),
+        train=TrainConfig(steps=300, batch=16, seq_len=96, slots_per_row=16, log_every=25),
+    )
+    config = ExperimentConfig(
+        name="sft_sim", model=common.SIM_MODEL, tokenizer=sim.Tokenizer(vocab_size=384),
+        task=common.SIM_TASK, mesh=common.SIM_MESH, stages=(stage,),
         checkpoint=CheckpointConfig(every_steps=50, keep=2),
     )
     if variant == "tiny":
-        import dataclasses
-
         return dataclasses.replace(
             config,
             model=dataclasses.replace(config.model, hidden_size=32, mlp_dim=64),
-            train=dataclasses.replace(config.train, steps=12, batch_rows=8, log_every=2),
-            data=dataclasses.replace(config.data, num_examples=200),
+            stages=(dataclasses.replace(
+                stage, train=dataclasses.replace(stage.train, steps=12, batch=8, log_every=2),
+                data=dataclasses.replace(stage.data, num_examples=200)),),
             checkpoint=CheckpointConfig(every_steps=2, keep=3, async_save=False),
         )
+    if variant != "sim":
+        raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
     return config

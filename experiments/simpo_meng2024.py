@@ -27,15 +27,14 @@ Run::
 from __future__ import annotations
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import encode, sources
 from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 ULTRAFEEDBACK_PAIRS = 61_135
 
@@ -43,9 +42,8 @@ ULTRAFEEDBACK_PAIRS = 61_135
 def paper() -> ExperimentConfig:
     train = common.paper_train(examples=ULTRAFEEDBACK_PAIRS, batch=128, completions=2,
                                seq_len=1024, max_prompt_len=512, microbatches=8)
-    return ExperimentConfig(
-        name="simpo_meng2024",
-        **common.checkpoint("alignment-handbook/zephyr-7b-sft-full"),
+    return common.paper(
+        "simpo_meng2024", checkpoint="alignment-handbook/zephyr-7b-sft-full",
         objective=presets.simpo(beta=2.0, gamma=1.6),
         optimizer=OptimizerConfig(learning_rate=3e-7, warmup_steps=round(0.1 * train.steps),
                                   schedule="cosine"),
@@ -61,12 +59,11 @@ def paper() -> ExperimentConfig:
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="SimPO", family="paired preference", feedback="pairwise preference",
-    objective=presets.simpo(beta=2.0, gamma=1.6), build_data=common.preference_pairs,
+    objective=presets.simpo(beta=2.0, gamma=1.6), build=sim_feedback.preference_pairs,
     train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="simpo_meng2024")

@@ -23,21 +23,19 @@ Run::
 from __future__ import annotations
 
 from experiments import common, rm_stiennon2020
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import encode, sources
 from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 
 def paper() -> ExperimentConfig:
-    return ExperimentConfig(
-        name="slic_zhao2023",
-        **common.checkpoint("openai-community/gpt2-xl"),
+    return common.paper(
+        "slic_zhao2023", checkpoint="openai-community/gpt2-xl",
         objective=presets.slic(delta=1.0, regularization=0.1),
         optimizer=OptimizerConfig(learning_rate=1e-4, warmup_steps=0, schedule="constant"),
         train=common.paper_train(examples=rm_stiennon2020.TLDR_TRAIN_COMPARISONS, batch=512,
@@ -51,12 +49,11 @@ def paper() -> ExperimentConfig:
     )
 
 
-METHOD = Method(
+STAGE = common.method(
     name="SLiC", family="paired preference", feedback="pairwise preference",
-    objective=presets.slic(delta=1.0, regularization=0.1), build_data=common.preference_pairs,
+    objective=presets.slic(delta=1.0, regularization=0.1), build=sim_feedback.preference_pairs,
     train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="slic_zhao2023")

@@ -32,24 +32,22 @@ from __future__ import annotations
 import dataclasses
 
 from experiments import common
-from experiments.feedback_families import Method
-from fbjax.config import ExperimentConfig
+from fbjax.run.config import ExperimentConfig
+from fbjax.run import sim_feedback
 from fbjax.data import sources
 from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 
-VARIANTS = ("paper", "sim")
-DEFAULT_VARIANT = "sim"
-run = common.run
+VARIANTS = common.VARIANTS
+DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 SEQUENCE_LEVEL_UPDATES = 1_500
 
 
 def paper() -> ExperimentConfig:
     # 50-token prefixes continued greedily for 100 tokens: 150-token sequences.
-    return ExperimentConfig(
-        name="unlikelihood_welleck2019",
-        **common.checkpoint("openai-community/gpt2-medium"),
+    return common.paper(
+        "unlikelihood_welleck2019", checkpoint="openai-community/gpt2-medium",
         objective=presets.unlikelihood(),
         optimizer=OptimizerConfig(learning_rate=1e-5, warmup_steps=0, schedule="constant"),
         train=common.paper_train(examples=SEQUENCE_LEVEL_UPDATES * 64, batch=64, completions=1,
@@ -68,12 +66,11 @@ def paper() -> ExperimentConfig:
 # At the preference methods' 1e-4 unlikelihood wrecks the policy within 40 steps (oracle reward
 # 0.46 -> 0.31 on the wrong digits, 0.13 on every token of the wrong answers), hence a 10x
 # smaller learning rate, at which it barely moves (0.45, KL 0.01).
-METHOD = Method(
+STAGE = common.method(
     name="UL", family="negative-only", feedback="wrong digits of bad samples",
-    objective=presets.unlikelihood(), build_data=common.fault_tokens, train=common.SIM_TRAIN,
+    objective=presets.unlikelihood(), build=sim_feedback.fault_tokens, train=common.SIM_TRAIN,
     optimizer=dataclasses.replace(common.SIM_OPTIMIZER, learning_rate=1e-5),
 )
 
 
-def get_config(variant: str = DEFAULT_VARIANT):
-    return common.pick(variant, paper=paper, sim=lambda: common.sim_variant(METHOD))
+get_config = common.variants(paper, STAGE, name="unlikelihood_welleck2019")

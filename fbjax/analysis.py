@@ -35,7 +35,6 @@ __all__ = [
     "kl_to_reference", "load_policy", "log_probs", "preference_accuracy", "sample", "to_groups",
 ]
 
-CHECKPOINTS_SUBDIR = "checkpoints"  # where recipes.run_single puts them under the workdir
 TOKENIZER_FILE = "tokenizer.model"
 
 
@@ -43,14 +42,19 @@ TOKENIZER_FILE = "tokenizer.model"
 
 
 def _locate(path: str | os.PathLike) -> tuple[str, str]:
-    """``(checkpoint root, workdir)`` for a workdir or its ``checkpoints/`` directory."""
+    """``(checkpoint root, run workdir)`` for a run workdir (its last training stage), a stage
+    directory, or a ``checkpoints/`` directory."""
+    from fbjax.models.checkpoints import run_checkpoint_root
+
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
-    sub = os.path.join(path, CHECKPOINTS_SUBDIR)
-    if os.path.isdir(sub):
-        return sub, path
-    return path, os.path.dirname(path)
+    root = run_checkpoint_root(path) or path
+    # The tokenizer is saved once per run, beside the stage directories.
+    for workdir in (os.path.dirname(root), os.path.dirname(os.path.dirname(root))):
+        if _tokenizer_path(workdir) is not None:
+            return root, workdir
+    return root, os.path.dirname(root)
 
 
 def _tokenizer_path(workdir: str) -> str | None:
@@ -185,7 +189,7 @@ class Policy:
     """A restored policy: what the analysis functions take.
 
     ``params`` is the unboxed parameter tree (on ``mesh`` or one device); ``config`` the
-    experiment config saved with the checkpoint (JSON, as ``fbjax.config.to_jsonable`` wrote
+    experiment config saved with the checkpoint (JSON, as ``fbjax.run.overrides.to_jsonable`` wrote
     it); ``tokenizer`` is None when the workdir holds no tokenizer; ``which`` says
     whether these are the trained ``params`` or the saved ``ref_params``.
     """

@@ -1,6 +1,7 @@
 """The ``fbjax`` command line: ``train``, ``convert``, ``inspect``.
 
     fbjax train --experiment PATH_OR_MODULE[:VARIANT] --workdir DIR [--set a.b=value ...]
+                [--print-config] [--verbose]
     fbjax convert --from-hf HF_DIR --out DIR        |  fbjax convert --to-hf CKPT --out HF_DIR
     fbjax inspect CKPT_DIR
 """
@@ -11,16 +12,39 @@ import argparse
 import logging
 import sys
 
+# Libraries that log at INFO by default (Orbax through absl prints hundreds of lines a run).
+_QUIET = ("absl", "jax", "jax._src", "orbax", "orbax.checkpoint", "tensorflow", "etils",
+          "tensorflow_datasets", "matplotlib", "urllib3", "filelock")
+
+
+def configure_logging(verbose: bool) -> None:
+    """fbjax's own messages at INFO; library logs at WARNING unless ``verbose``."""
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("fbjax").setLevel(logging.INFO)
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(level)
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
+        absl_logging.set_stderrthreshold("info" if verbose else "warning")
+    except ImportError:
+        pass
+
 
 def _train(args: argparse.Namespace) -> int:
-    from fbjax import distributed, experiment, recipes
+    from fbjax import distributed
+    from fbjax.run import experiment, overrides, stages
 
+    _, _, config = experiment.load(args.experiment, args.set or [])
+    if args.print_config:
+        print(overrides.dumps(config))
+        return 0
     distributed.initialize(
         coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
     )
-    module, variant, config = experiment.load(args.experiment, args.set or [])
-    run = getattr(module, "run", None) or recipes.run_single
-    run(config, workdir=args.workdir, progress=not args.no_progress)
+    stages.run(config, workdir=args.workdir, progress=not args.no_progress)
     return 0
 
 
@@ -39,8 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--experiment", required=True, help="PATH_OR_MODULE[:VARIANT]")
     train.add_argument("--workdir", required=True, help="checkpoints, logs and results go here")
     train.add_argument("--set", action="append", metavar="PATH=VALUE",
-                       help="override a config field, e.g. --set train.steps=50 (repeatable)")
+                       help="override a config field, e.g. --set train.steps=50 or "
+                            "--set stages.sft.train.steps=10 (repeatable)")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved config (after every --set) and exit")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--verbose", action="store_true", help="library logs at INFO")
     train.add_argument("--coordinator", default=None,
                        help="multi-host: coordinator address host:port (auto on TPU pods/Slurm)")
     train.add_argument("--num-processes", type=int, default=None)
@@ -58,14 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bad_input() -> tuple[type[BaseException], ...]:
+    """Errors that mean the command's input is wrong: config keys and values, files, records."""
+    return (KeyError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError, ModuleNotFoundError, SyntaxError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    configure_logging(getattr(args, "verbose", False))
     try:
         return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError, ModuleNotFoundError) as e:
-        # Config and input errors: a one-line message naming the cause, no traceback.
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    except _bad_input() as e:
+        # One line naming the cause, no traceback.
+        if isinstance(e, SyntaxError):
+            message = f"{e.filename}:{e.lineno}: {e.msg}"
+        elif isinstance(e, KeyError) and e.args:
+            message = e.args[0]
+        else:
+            message = str(e) or type(e).__name__
+            if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
+                message = f"{e.filename}: {message}"
         print(f"fbjax {args.command}: error: {message}", file=sys.stderr)
         return 2
 

@@ -13,7 +13,7 @@ three layers:
   :class:`PairsAsBinary` (KTO's recipe), :class:`RankedAsPairs`, :class:`LabelNoise` (flipped
   preferences for robust-DPO experiments). :class:`Unavailable` stands for a dataset fbjax has no
   reader for yet; it validates as a config and fails with its reason when read.
-* :class:`Dataset` is what ``fbjax.recipes.run_single`` consumes: a source, the encoder that turns
+* :class:`Dataset` is what a training stage reads: a source, the encoder that turns
   its examples into token groups (``fbjax.data.encode`` / ``fbjax.data.language`` functions, by
   import), the prompt template, and the tokenizer file.
 
@@ -356,14 +356,14 @@ class Chat:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Dataset:
-    """Training data for :func:`fbjax.recipes.run_single`: ``source`` examples encoded to token
+    """Training data for a training stage (``fbjax.run.stages``): ``source`` examples encoded to token
     groups by ``encoder`` (e.g. ``encode.paired``, ``functools.partial(encode.unpaired,
     kl_offset=None)``), prompts rendered by ``template`` (:class:`Transcript`, :class:`Chat`, or
     None for ``encode.default_prompt_text``: a lone user turn verbatim, conversations as
     transcripts), tokenized by the tokenizer at ``tokenizer_path`` (a sentencepiece
     ``tokenizer.model``, a ``tokenizer.json``, or a directory holding one:
     ``fbjax.tokenizer.load_tokenizer``). Empty means the tokenizer of the checkpoint the run
-    starts from (``init_from``), which :func:`fbjax.recipes.run_single` passes in.
+    starts from (``init_from``), which the run passes in.
     """
 
     source: Any

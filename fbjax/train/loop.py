@@ -20,9 +20,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from fbjax import sharding as fsh
-from fbjax.config import ExperimentConfig, dumps
 from fbjax.models.decoder import Decoder
 from fbjax.train import step as steplib
+from fbjax.train.config import TrainJob
 from fbjax.train.optim import make_optimizer
 from fbjax.train.state import TrainState
 
@@ -92,7 +92,7 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def train(
-    config: ExperimentConfig,
+    job: TrainJob,
     stream: Iterator[dict[str, np.ndarray]],
     params: Any,
     *,
@@ -103,18 +103,19 @@ def train(
     desc: str | None = None,
     checkpointer: Any = None,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> RunResult:
-    """Runs ``config.train.steps`` steps of ``config.objective`` from ``params``.
+    """Runs ``job.train.steps`` steps of ``job.objective`` from ``params``.
 
     ``stream`` yields host batches (docs/batch_layout.md) and, if it has ``get_state`` /
     ``set_state``, is checkpointed with the state. ``checkpointer`` (``fbjax.checkpoint``'s
     :class:`~fbjax.checkpoint.RunCheckpointer`) restores the latest complete checkpoint and saves
     on its cadence and on SIGTERM.
     """
-    tc = config.train
-    model = Decoder(config.model)
-    optimizer = make_optimizer(config.optimizer, tc.steps)
-    objective = config.objective
+    tc = job.train
+    model = Decoder(job.model)
+    optimizer = make_optimizer(job.optimizer, tc.steps)
+    objective = job.objective
     # Batches that carry precomputed reference log-probs (fbjax.train.reference) need no
     # reference forward, so no reference parameters are kept on device.
     cached_reference = "ref_logps" in getattr(getattr(stream, "spec", None), "fields", ())
@@ -127,9 +128,9 @@ def train(
         model=model,
         optimizer=optimizer,
         objective=objective,
-        rng=jax.random.key(tc.seed),
+        rng=jax.random.key(job.seed),
         mesh=mesh,
-        rules=config.mesh.rules,
+        rules=job.rules,
         reference_params=reference_params if objective.needs_reference and not cached_reference
         else None,
     )
@@ -139,14 +140,12 @@ def train(
     tb = _TensorBoard(os.path.join(workdir, "tensorboard") if workdir else None)
     if workdir and jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(dumps(config))
         table = fsh.sharding_table(state.params, state_sharding.params)
         with open(os.path.join(workdir, "sharding.txt"), "w") as f:
             f.write(table + "\n")
         log.info(
             "%s: %.0f%% of parameter bytes replicated on every device; per-parameter sharding "
-            "table in %s", config.name,
+            "table in %s", job.name,
             100 * fsh.replicated_fraction(state.params, state_sharding.params),
             os.path.join(workdir, "sharding.txt"),
         )
@@ -156,7 +155,9 @@ def train(
     history: list[dict[str, float]] = []
     pending: dict[str, list] = {}
     start_step = int(state.step)
-    bar = _progress(tc.steps, desc or config.name, progress)
+    if on_start is not None:
+        on_start(start_step)  # e.g. drop logs of steps past the checkpoint resumed from
+    bar = _progress(tc.steps, desc or job.name, progress)
     if bar is not None:
         bar.update(start_step)
     t0 = time.perf_counter()
@@ -171,7 +172,7 @@ def train(
                     objective=objective,
                     optimizer=optimizer,
                     mesh=mesh,
-                    rules=config.mesh.rules,
+                    rules=job.rules,
                     state_sharding=state_sharding,
                     batch_sharding={k: v.sharding for k, v in batch.items()},
                     microbatches=tc.microbatches,
@@ -181,7 +182,7 @@ def train(
             metrics = jax.device_get(metrics)
             if metrics["nonfinite"][0] > 0:
                 raise NonFiniteLossError(
-                    f"step {step + 1} of {config.name}: loss={float(metrics['loss'][0])}, "
+                    f"step {step + 1} of {job.name}: loss={float(metrics['loss'][0])}, "
                     f"grad_norm={float(metrics['grad_norm'][0])} is not finite; the update was "
                     f"skipped and the state is still that of step {step}"
                 )

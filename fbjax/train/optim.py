@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import optax
 
@@ -26,6 +27,22 @@ class OptimizerConfig:
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"optimizer.schedule={self.schedule!r}; choose one of {SCHEDULES}")
+        # A negative rate is gradient ascent and an infinite one poisons the first update:
+        # neither is ever what a config means.
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"optimizer.learning_rate must be a finite number > 0, got "
+                             f"{self.learning_rate!r}")
+        for name in ("b1", "b2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"optimizer.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"optimizer.eps must be a finite number > 0, got {self.eps!r}")
+        if self.weight_decay < 0 or not math.isfinite(self.weight_decay):
+            raise ValueError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:
+            raise ValueError(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"optimizer.grad_clip must be > 0 or None, got {self.grad_clip!r}")
 
 
 def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:

@@ -127,7 +127,7 @@ class Truncation:
 
     @classmethod
     def from_train(cls, train: Any) -> "Truncation":
-        """The settings ``fbjax.recipes.batch_stream`` uses for ``config.train``."""
+        """The settings ``fbjax.train.stream.batch_stream`` uses for ``config.train``."""
         return cls(
             seq_len=train.seq_len,
             max_prompt_len=train.max_prompt_len,
@@ -361,7 +361,7 @@ def for_config(
     """``groups`` with cached reference sums attached, truncated as ``config.train`` will be.
 
     The returned groups are already truncated (truncating again is the identity), so
-    ``fbjax.recipes.batch_stream(config, groups)`` feeds exactly the scored tokens.
+    ``fbjax.train.stream.batch_stream`` feeds exactly the scored tokens.
     """
     truncation = Truncation.from_train(config.train)
     compute_kwargs.setdefault("chunk_size", config.train.logprob_chunk)
@@ -375,7 +375,7 @@ def for_config(
 def attach(groups: Sequence[packing.Group], ref_logps: Sequence[np.ndarray]) -> list[packing.Group]:
     """Groups with a ``ref_logps`` slot field (one value per completion).
 
-    ``fbjax.recipes.batch_stream`` turns every slot field into a ``[B, K]`` batch array in each
+    ``fbjax.train.stream.batch_stream`` turns every slot field into a ``[B, K]`` batch array in each
     layout, so the step reads the cached values instead of running the reference.
     """
     if len(groups) != len(ref_logps):

@@ -1,9 +1,8 @@
 """Loading experiment modules: ``PATH_OR_MODULE[:VARIANT]`` -> (module, config).
 
-An experiment module defines ``get_config(variant: str)`` returning a frozen config and,
-optionally, ``VARIANTS`` (the names it accepts) and ``run(config, *, workdir, progress)`` when the
-experiment is more than one training run (e.g. SFT followed by several feedback stages).
-Experiments without ``run`` go through :func:`fbjax.recipes.run_single`.
+An experiment module is a plain config module: ``get_config(variant: str)`` returns an
+:class:`~fbjax.run.config.ExperimentConfig` for each name in ``VARIANTS`` (``DEFAULT_VARIANT``
+when the spec names none). Every config runs through :func:`fbjax.run.stages.run`.
 """
 
 from __future__ import annotations
@@ -13,14 +12,16 @@ import importlib.util
 import os
 import sys
 from types import ModuleType
-from typing import Any
+
+from fbjax.run.config import ExperimentConfig
+from fbjax.run.overrides import apply_overrides
 
 
 def load_module(spec: str) -> ModuleType:
     """Imports ``experiments/foo.py``, ``experiments.foo`` or ``foo`` (from ``experiments/``)."""
     if spec.endswith(".py") or os.sep in spec:
         path = os.path.abspath(spec)
-        if not os.path.exists(path):
+        if not os.path.isfile(path):
             raise FileNotFoundError(f"experiment file {spec!r} does not exist")
         repo_root = os.path.dirname(os.path.dirname(path))
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -42,14 +43,12 @@ def load_module(spec: str) -> ModuleType:
     raise ModuleNotFoundError(f"no experiment module {spec!r} (tried {spec}, experiments.{spec})")
 
 
-def load(spec: str, overrides: list[str] = ()) -> tuple[ModuleType, str, Any]:
+def load(spec: str, overrides: list[str] = ()) -> tuple[ModuleType, str, ExperimentConfig]:
     """``PATH_OR_MODULE[:VARIANT]`` -> (module, variant, config with overrides applied)."""
-    from fbjax.config import apply_overrides
-
     module_spec, _, variant = spec.partition(":")
     module = load_module(module_spec)
     if not hasattr(module, "get_config"):
-        raise AttributeError(f"experiment {module_spec!r} defines no get_config(variant)")
+        raise ValueError(f"experiment {module_spec!r} defines no get_config(variant)")
     variants = getattr(module, "VARIANTS", None)
     variant = variant or getattr(module, "DEFAULT_VARIANT", "sim")
     if variants is not None and variant not in variants:
@@ -57,4 +56,7 @@ def load(spec: str, overrides: list[str] = ()) -> tuple[ModuleType, str, Any]:
             f"experiment {module_spec!r} has no variant {variant!r}; choose one of {list(variants)}"
         )
     config = module.get_config(variant)
+    if not isinstance(config, ExperimentConfig):
+        raise ValueError(f"experiment {module_spec!r}: get_config({variant!r}) returned a "
+                        f"{type(config).__name__}, not an ExperimentConfig")
     return module, variant, apply_overrides(config, list(overrides))

@@ -1,0 +1,197 @@
+"""The one experiment config type: an experiment is a model, a start, and a tuple of stages.
+
+Every experiment module returns an :class:`ExperimentConfig` for every variant. A single
+training run is one :class:`TrainStage`; the simulator's runs are several (SFT, a pool of the
+SFT policy's samples, one stage per method, an evaluation), and later online rounds are more
+stages of the same kinds. Every field of every stage is reachable with ``--set``
+(:mod:`fbjax.run.overrides`), and every training stage checkpoints and resumes through the same
+Orbax path (:mod:`fbjax.run.stages`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+from fbjax import sampling
+from fbjax.checkpoint import CheckpointConfig
+from fbjax.models.config import ModelConfig
+from fbjax.sharding import MeshConfig
+from fbjax.train.config import TrainConfig
+from fbjax.train.objective import Objective
+from fbjax.train.optim import OptimizerConfig
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelSettings:
+    """How the model is trained, not which weights it has; applied on top of ``model`` or of the
+    checkpoint's architecture (None keeps what is there)."""
+
+    dtype: str | None = None
+    param_dtype: str | None = None
+    remat: str | None = None
+    # A scalar reward head on the backbone: a reward model started from a language model.
+    reward_head: bool | None = None
+
+    def apply(self, model: ModelConfig) -> ModelConfig:
+        changes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                   if getattr(self, f.name) is not None}
+        return dataclasses.replace(model, **changes) if changes else model
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StageEval:
+    """How a simulator run evaluates one training stage.
+
+    ``prompt`` rewrites the prompt the policy is sampled under (e.g. a control token); the
+    oracle always grades the original. ``evaluate`` replaces the default evaluation for a stage
+    that trains something other than a policy (a reward model judged by best-of-n)."""
+
+    prompt: Callable[[str], str] | None = None
+    evaluate: Callable[..., dict[str, float]] | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainStage:
+    """One training run of ``objective`` on ``data``.
+
+    ``start``: the stage whose final parameters this one starts from (None: the experiment's
+    start, ``init_from`` or a random initialisation). ``reference``: the stage whose parameters
+    are the frozen reference (None: this stage's start). ``head``: ``(model config, params,
+    rng) -> (model config, params)`` turns the start into what this stage trains (a reward model
+    from a policy). ``adapt``: ``(objective, token groups) -> objective`` sets hyperparameters
+    that depend on the data, applied once it is built and recorded with the stage.
+    """
+
+    name: str
+    objective: Objective
+    data: Any
+    optimizer: OptimizerConfig = OptimizerConfig()
+    train: TrainConfig = TrainConfig()
+    start: str | None = None
+    reference: str | None = None
+    head: Callable[..., tuple[ModelConfig, Any]] | None = None
+    adapt: Callable[[Objective, Sequence[Any]], Objective] | None = None
+    evaluation: StageEval | None = None
+    # What the stage is, for tables: its feedback family and the feedback it reads.
+    family: str = ""
+    feedback: str = ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SampleStage:
+    """``samples_per_prompt`` samples of ``num_prompts`` task prompts from stage ``policy``,
+    graded by the task's oracle: the pool that later stages' feedback is built from."""
+
+    name: str = "pool"
+    policy: str = "sft"
+    num_prompts: int = 4096
+    samples_per_prompt: int = 2
+    sampling: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=8,
+                                                                temperature=1.0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalStage:
+    """Every training stage after ``baseline`` sampled on ``num_prompts`` held-out task prompts:
+    oracle reward, win rate against ``baseline`` and KL to it; a table, ``results.json`` and a
+    reward-vs-KL plot in the workdir."""
+
+    name: str = "eval"
+    baseline: str = "sft"
+    num_prompts: int = 512
+    sampling: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=8,
+                                                                temperature=1.0)
+
+
+Stage = TrainStage | SampleStage | EvalStage
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+    """Everything that defines a run.
+
+    ``model``: the architecture, or None to take it from the ``init_from`` checkpoint (a paper
+    variant then runs on whatever checkpoint ``--set init_from=...`` names). When both are
+    given, the checkpoint must match ``model`` (a mismatch names the fields). ``tokenizer``: a
+    tokenizer source with ``build(task, seed)`` (the simulator's), or None for the data's or the
+    checkpoint's. ``task``: the simulated task whose oracle grades samples (simulator runs).
+    ``main``: the stage that ``--set`` paths without ``stages.NAME.`` address (default: the last
+    training stage; None: every stage path must name its stage).
+    """
+
+    name: str
+    stages: tuple[Stage, ...]
+    model: ModelConfig | None = None
+    model_settings: ModelSettings = ModelSettings()
+    init_from: str | None = None
+    tokenizer: Any = None
+    task: Any = None
+    seed: int = 0
+    mesh: MeshConfig = MeshConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig(every_steps=50, keep=2)
+    main: str | None = ""
+    # What the paper evaluates (a record kept next to the config; see experiments/common.py).
+    evaluation: Any = None
+
+    def __post_init__(self):
+        if not self.stages:
+            raise ValueError(f"experiment {self.name!r} has no stages")
+        names = [s.name for s in self.stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"experiment {self.name!r}: stage names must be unique, {dupes} "
+                             "repeat (they name workdirs and --set paths)")
+        if self.model is None and self.init_from is None:
+            raise ValueError(f"experiment {self.name!r}: set model, init_from, or both")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        earlier: set[str] = set()
+        for s in self.stages:
+            for ref in _stage_refs(s):
+                if ref not in earlier:
+                    raise ValueError(f"stage {s.name!r} refers to stage {ref!r}, which does not "
+                                     f"come before it (stages: {names})")
+            earlier.add(s.name)
+        if self.main and self.main not in names:
+            raise ValueError(f"main={self.main!r} is not a stage; stages: {names}")
+
+    def stage(self, name: str) -> Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(f"no stage {name!r}; stages: {[s.name for s in self.stages]}")
+
+    @property
+    def train_stages(self) -> tuple[TrainStage, ...]:
+        return tuple(s for s in self.stages if isinstance(s, TrainStage))
+
+    @property
+    def main_stage(self) -> Stage | None:
+        """The stage that unprefixed ``--set`` paths address."""
+        if self.main is None:
+            return None
+        if self.main:
+            return self.stage(self.main)
+        trains = self.train_stages
+        return trains[-1] if trains else None
+
+
+def _stage_refs(stage: Stage) -> tuple[str, ...]:
+    if isinstance(stage, TrainStage):
+        return tuple(r for r in (stage.start, stage.reference) if r)
+    if isinstance(stage, SampleStage):
+        return (stage.policy,)
+    return (stage.baseline,)
+
+
+def single(*, name: str, objective: Objective, data: Any, model: ModelConfig | None = None,
+           optimizer: OptimizerConfig = OptimizerConfig(), train: TrainConfig = TrainConfig(),
+           adapt=None, stage: str = "train", **experiment) -> ExperimentConfig:
+    """A one-stage experiment: ``objective`` on ``data`` (the paper variants' shape)."""
+    return ExperimentConfig(
+        name=name, model=model,
+        stages=(TrainStage(name=stage, objective=objective, data=data, optimizer=optimizer,
+                           train=train, adapt=adapt),),
+        **experiment,
+    )

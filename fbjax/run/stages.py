@@ -1,0 +1,368 @@
+"""Runs an :class:`~fbjax.run.config.ExperimentConfig`: its stages in order, each resumable.
+
+Workdir layout::
+
+    <workdir>/config.json              the resolved experiment config
+    <workdir>/tokenizer.*              the run's tokenizer
+    <workdir>/<stage>/checkpoints/     a training stage's Orbax checkpoints (fbjax.checkpoint)
+    <workdir>/<stage>/history.jsonl    its logged metrics, one line per log step
+    <workdir>/<stage>/pool.json        a sample stage's pool (written whole or not at all)
+    <workdir>/<stage>/<policy>.json    an evaluation stage's result for one policy
+    <workdir>/summary.json, results.json, reward_vs_kl.png
+
+Running the same command again continues where the last run stopped: a training stage resumes
+from its newest verified checkpoint (and a finished one only restores its final parameters), a
+finished pool or evaluation is read back. A run killed at any point therefore ends with the same
+numbers as one that was never interrupted: training resumes exactly (state, data position and
+random key are checkpointed), sampling and evaluation are deterministic in the seed and the
+restored parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from fbjax import checkpoint, evaluation, sampling
+from fbjax import sharding as fsh
+from fbjax.run import report, sim, start as startlib
+from fbjax.run.config import EvalStage, ExperimentConfig, SampleStage, StageEval, TrainStage
+from fbjax.run.overrides import dumps, to_jsonable
+from fbjax.train import loop
+from fbjax.train.config import TrainJob
+from fbjax.train.stream import batch_stream
+
+log = logging.getLogger("fbjax")
+
+
+@dataclasses.dataclass
+class Trained:
+    """A finished training stage: what it trained and how it went."""
+
+    model: Any
+    params: Any
+    history: list[dict[str, float]]
+    examples: int
+    seconds: float
+
+
+@dataclasses.dataclass
+class Run:
+    """What stages share within one run."""
+
+    config: ExperimentConfig
+    workdir: str
+    progress: bool
+    mesh: Any
+    model: Any
+    tokenizer: Any
+    start: startlib.Start
+    outputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    _start_params: Any = None
+
+    @property
+    def key(self) -> jax.Array:
+        return jax.random.key(self.config.seed)
+
+    def start_params(self):
+        if self._start_params is None:
+            self._start_params = startlib.load_params(
+                self.model, self.start, self.mesh, self.config.mesh.rules, self.config.seed)
+        return self._start_params
+
+    def stage_dir(self, name: str) -> str:
+        path = os.path.join(self.workdir, name)
+        if jax.process_index() == 0:
+            os.makedirs(path, exist_ok=True)
+        return path
+
+    def data_context(self, stage: str) -> sim.DataContext:
+        pools = {k: v for k, v in self.outputs.items() if isinstance(v, sim.SamplePool)}
+        return sim.DataContext(tokenizer=self.tokenizer, task=self.config.task,
+                               seed=self.config.seed, stage=stage, pools=pools)
+
+    def stop_sampling(self, config: sampling.SamplingConfig) -> sampling.SamplingConfig:
+        return dataclasses.replace(config, stop_tokens=(self.tokenizer.eos_id,))
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def _tokenizer(config: ExperimentConfig, start: startlib.Start):
+    if config.tokenizer is not None:
+        return config.tokenizer.build(config.task, config.seed)
+    from fbjax.data.sources import Dataset
+
+    for stage in config.train_stages:
+        if isinstance(stage.data, Dataset):
+            return stage.data.tokenizer(checkpoint_dir=start.path)
+    if start.path is not None:
+        from fbjax.tokenizer import load_tokenizer
+
+        return load_tokenizer(start.path)
+    raise ValueError(f"experiment {config.name!r} names no tokenizer: set tokenizer, a data "
+                     "source with a tokenizer, or init_from a checkpoint that has one")
+
+
+def prepare(config: ExperimentConfig, *, workdir: str, progress: bool = True) -> Run:
+    """Resolves the start, mesh, model and tokenizer, and records the config in the workdir.
+
+    The checkpoint is resolved and its architecture checked before any data is read: a missing
+    download or a wrong architecture fails in seconds."""
+    from fbjax.tokenizer import check_vocab, save_tokenizer
+
+    workdir = os.path.abspath(workdir)  # Orbax rejects relative paths
+    start = startlib.locate(config)
+    model = startlib.resolve_model(config, start)
+    tokenizer = _tokenizer(config, start)
+    if getattr(config.tokenizer, "resize_model", False):
+        model = dataclasses.replace(model, vocab_size=tokenizer.vocab_size)
+    check_vocab(tokenizer, model.vocab_size)
+    mesh = fsh.make_mesh(config.mesh)
+    if jax.process_index() == 0:
+        if os.path.exists(workdir) and not os.path.isdir(workdir):
+            raise NotADirectoryError(f"--workdir {workdir} is a file, not a directory")
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(dumps(dataclasses.replace(config, model=model)))
+        save_tokenizer(tokenizer, workdir)
+    return Run(config=config, workdir=workdir, progress=progress, mesh=mesh, model=model,
+               tokenizer=tokenizer, start=start)
+
+
+def run(config: ExperimentConfig, *, workdir: str, progress: bool = True) -> dict[str, Any]:
+    """Runs every stage of ``config`` (resuming what an earlier run of it left) and returns the
+    summary it writes to ``<workdir>/summary.json``."""
+    ctx = prepare(config, workdir=workdir, progress=progress)
+    for stage in config.stages:
+        if isinstance(stage, TrainStage):
+            ctx.outputs[stage.name] = train_stage(ctx, stage)
+        elif isinstance(stage, SampleStage):
+            ctx.outputs[stage.name] = sample_stage(ctx, stage)
+        elif isinstance(stage, EvalStage):
+            ctx.outputs[stage.name] = eval_stage(ctx, stage)
+        else:
+            raise TypeError(f"stage {getattr(stage, 'name', stage)!r} is not a stage type")
+    summary = {
+        "name": config.name,
+        "seed": config.seed,
+        "stages": {name: out.history[-1] if out.history else {}
+                   for name, out in ctx.outputs.items() if isinstance(out, Trained)},
+    }
+    evals = [out for out in ctx.outputs.values() if isinstance(out, EvalResult)]
+    if evals:
+        summary["sft"] = evals[-1].baseline
+        summary["methods"] = evals[-1].rows
+    loop.write_summary(ctx.workdir, summary)
+    if not evals:
+        last = config.train_stages[-1].name if config.train_stages else None
+        final = summary["stages"].get(last, {})
+        print(f"{config.name}: {last} step {int(final.get('step', 0))} "
+              f"loss {final.get('loss', float('nan')):.4f}")
+    return summary
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _load_data(ctx: Run, stage: TrainStage) -> list:
+    data = stage.data
+    if hasattr(data, "load_in"):
+        return data.load_in(ctx.data_context(stage.name))
+    return data.load(ctx.tokenizer)
+
+
+def _history(path: str, upto: int) -> list[dict[str, float]]:
+    """Logged metrics of steps up to ``upto`` (later lines are from a run that was killed after
+    its last checkpoint, and are logged again)."""
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:  # a line cut short by a kill
+                continue
+            if row.get("step", 0) <= upto:
+                out.append(row)
+    return out
+
+
+def train_stage(ctx: Run, stage: TrainStage) -> Trained:
+    config = ctx.config
+    if stage.start is not None:
+        source = ctx.outputs[stage.start]
+        model, params = source.model, source.params
+    else:
+        model, params = ctx.model, ctx.start_params()
+    reference = params
+    if stage.reference is not None:
+        reference = ctx.outputs[stage.reference].params
+    if stage.head is not None:
+        model, params = stage.head(model, params, jax.random.fold_in(ctx.key, 4))
+    groups = _load_data(ctx, stage)
+    objective = stage.objective
+    if stage.adapt is not None:
+        objective = stage.adapt(objective, groups)
+        log.info("%s: objective hyperparameters for this data: %s", stage.name,
+                 dict(objective.hparams))
+    resolved = dataclasses.replace(stage, objective=objective)
+    job = TrainJob(name=stage.name, model=model, objective=objective,
+                   optimizer=stage.optimizer, train=stage.train, rules=config.mesh.rules,
+                   seed=config.seed)
+    stage_dir = ctx.stage_dir(stage.name)
+    checkpointer = checkpoint.RunCheckpointer(
+        os.path.join(stage_dir, "checkpoints"), config.checkpoint,
+        experiment_config={"name": f"{config.name}/{stage.name}", "experiment": config.name,
+                           "model": to_jsonable(model), "mesh": to_jsonable(config.mesh),
+                           "stage": to_jsonable(resolved), "seed": config.seed,
+                           "init_from": config.init_from},
+    )
+    stream = batch_stream(stage.train, model, groups, seed=config.seed, mesh=ctx.mesh)
+    history_path = os.path.join(stage_dir, "history.jsonl")
+    logged: list[dict] = []
+
+    def on_log(step: int, values: dict[str, float]) -> None:
+        logged.append(values)
+        if jax.process_index() == 0:
+            with open(history_path, "a") as f:
+                f.write(json.dumps(values) + "\n")
+
+    t0 = time.perf_counter()
+    needs_reference = objective.needs_reference and stage.head is None
+    result = loop.train(job, stream, params, mesh=ctx.mesh,
+                        reference_params=reference if needs_reference else None,
+                        workdir=stage_dir, progress=ctx.progress, desc=stage.name,
+                        checkpointer=checkpointer, on_log=on_log,
+                        on_start=lambda step: _rewrite_history(history_path, step))
+    history = _history(history_path, int(result.state.step)) if jax.process_index() == 0 \
+        else logged
+    return Trained(model=model, params=result.state.params, history=history,
+                   examples=len(groups), seconds=time.perf_counter() - t0)
+
+
+def _rewrite_history(path: str, upto: int) -> None:
+    """Drops logged lines past the step a run resumes from (they are logged again)."""
+    if jax.process_index() != 0 or not os.path.exists(path):
+        return
+    rows = _history(path, upto)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def _task(ctx: Run, stage) -> Any:
+    if ctx.config.task is None:
+        raise ValueError(f"stage {stage.name!r} samples prompts from the experiment's task, and "
+                         "the experiment has none (set task)")
+    return ctx.config.task
+
+
+def sample_stage(ctx: Run, stage: SampleStage) -> sim.SamplePool:
+    path = os.path.join(ctx.stage_dir(stage.name), "pool.json")
+    if os.path.exists(path):
+        return sim.SamplePool.load(path)
+    task = _task(ctx, stage)
+    policy = ctx.outputs[stage.policy]
+    prompts = task.sample_prompts(np.random.default_rng([ctx.config.seed, 2]), stage.num_prompts)
+    pool = sim.sample_pool(task, policy.params, policy.model, ctx.tokenizer, prompts,
+                           samples_per_prompt=stage.samples_per_prompt,
+                           sampling_config=ctx.stop_sampling(stage.sampling),
+                           rng=jax.random.fold_in(ctx.key, 2))
+    if jax.process_index() == 0:
+        pool.save(path)
+    return pool
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclasses.dataclass
+class EvalResult:
+    baseline: dict[str, float]
+    rows: list[dict[str, Any]]
+    history: list = dataclasses.field(default_factory=list)
+
+
+def _cached(path: str, compute):
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    value = compute()
+    if jax.process_index() == 0:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(value, f, indent=2)
+        os.replace(tmp, path)
+    return value
+
+
+def eval_stage(ctx: Run, stage: EvalStage) -> EvalResult:
+    """Each training stage after the baseline, sampled on held-out prompts and graded."""
+    task = _task(ctx, stage)
+    out_dir = ctx.stage_dir(stage.name)
+    base = ctx.outputs[stage.baseline]
+    prompts = task.sample_prompts(np.random.default_rng([ctx.config.seed, 1]), stage.num_prompts)
+    stop = ctx.stop_sampling(stage.sampling)
+    rng = jax.random.fold_in(ctx.key, 1)
+
+    def on_task(params, model, **kwargs):
+        return evaluation.evaluate_on_task(task, params, model, ctx.tokenizer, prompts, rng=rng,
+                                           sampling_config=stop, **kwargs)
+
+    base_metrics, base_samples = on_task(base.params, base.model)
+    print(f"{stage.baseline}: oracle reward {base_metrics['reward']:.3f}")
+    names = [s.name for s in ctx.config.stages]
+    policies = [s for s in ctx.config.train_stages
+                if names.index(s.name) > names.index(stage.baseline)]
+    rows = []
+    for s in policies:
+        trained = ctx.outputs[s.name]
+        ev = s.evaluation or StageEval()
+
+        def compute(s=s, trained=trained, ev=ev):
+            if ev.evaluate is not None:
+                return ev.evaluate(sim.EvalContext(
+                    task=task, params=trained.params, model=trained.model,
+                    tokenizer=ctx.tokenizer, prompts=tuple(prompts), sft_params=base.params,
+                    sft_model=base.model, sampling=stop, rng=rng))
+            metrics, _ = on_task(trained.params, trained.model, ref_params=base.params,
+                                 baseline=base_samples, prompt_transform=ev.prompt)
+            if ev.prompt is not None:
+                # The baseline under the method's own prompt, which it has never seen: where the
+                # method really starts from.
+                same, _ = on_task(base.params, base.model, prompt_transform=ev.prompt)
+                metrics["reward_before_same_prompt"] = same["reward"]
+            return metrics
+
+        metrics = _cached(os.path.join(out_dir, f"{s.name}.json"), compute)
+        rows.append({
+            "method": s.name, "family": s.family, "feedback": s.feedback,
+            "examples": trained.examples, "reward_before": base_metrics["reward"],
+            "reward_after": metrics["reward"], "accuracy_after": metrics["accuracy"],
+            "win_rate": metrics["win_rate"], "kl": metrics["kl"], "seconds": trained.seconds,
+            **{k: v for k, v in metrics.items()
+               if k not in ("reward", "accuracy", "win_rate", "kl")},
+        })
+    print(report.format_table(rows))
+    if jax.process_index() == 0:
+        results = {"config": ctx.config.name, "seed": ctx.config.seed,
+                   "task": repr(task), "sft": base_metrics, "methods": rows}
+        with open(os.path.join(ctx.workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        curves = {name: out.history for name, out in ctx.outputs.items()
+                  if isinstance(out, Trained)}
+        report.plot(rows, curves, os.path.join(ctx.workdir, "reward_vs_kl.png"))
+    return EvalResult(base_metrics, rows)

@@ -1,0 +1,62 @@
+"""The training loop's settings: one frozen dataclass, read by the loop and the batch stream."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+# One vocabulary chunk for the log-softmax everywhere (training, reference cache, evaluation):
+# memory of the loss grows with the chunk, not with the vocabulary.
+LOGPROB_CHUNK = 8192
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Loop settings. ``batch`` rows of ``seq_len`` tokens make one global batch (in the padded
+    layout a row is one (prompt, completion) sequence, so ``batch`` pairs need ``2 * batch``
+    rows; packed rows hold several groups)."""
+
+    steps: int = 100
+    batch: int = 8
+    seq_len: int = 128
+    microbatches: int = 1
+    log_every: int = 10
+    seed: int = 0
+    logprob_chunk: int = LOGPROB_CHUNK
+    # Pack several groups per row; share one prompt copy between a group's completions.
+    packing: bool = True
+    share_prefix: bool = True
+    slots_per_row: int = 8
+    # Truncation policy (fbjax.data.packing.truncate_group): prompts keep their end,
+    # completions their start.
+    max_prompt_len: int = 1024
+    max_completion_len: int = 1024
+
+    def __post_init__(self):
+        for name in ("steps", "batch", "seq_len", "microbatches", "log_every", "slots_per_row",
+                     "logprob_chunk", "max_prompt_len", "max_completion_len"):
+            value = getattr(self, name)
+            # bool is an int in Python; steps=True must not mean one step.
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"train.{name} must be an integer, got {value!r}")
+            if value < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {value}")
+        if self.batch % self.microbatches:
+            raise ValueError(f"train.batch={self.batch} must divide into "
+                             f"train.microbatches={self.microbatches} equal parts")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainJob:
+    """What the loop trains: a model, an objective and its optimizer, for ``train`` steps.
+
+    ``rules`` are the mesh's logical-axis rules; ``seed`` seeds the data order and the step's
+    random key."""
+
+    name: str
+    model: Any
+    objective: Any
+    optimizer: Any
+    train: TrainConfig
+    rules: Any
+    seed: int = 0
