@@ -21,7 +21,6 @@ Run::
 
 from __future__ import annotations
 
-
 from experiments import common, rdpo_chowdhury2024
 from fbjax.train import presets
 

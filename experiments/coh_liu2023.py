@@ -32,9 +32,9 @@ from __future__ import annotations
 import dataclasses
 
 from experiments import common, dpo_rafailov2023
-from fbjax.run.config import ExperimentConfig
-from fbjax.run import sim_feedback
 from fbjax.data import sources
+from fbjax.run import sim_feedback
+from fbjax.run.config import ExperimentConfig
 from fbjax.train import language_inputs
 from fbjax.train.optim import OptimizerConfig
 

@@ -23,15 +23,22 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from fbjax import sampling, sim as simlib
+from fbjax import sampling
 from fbjax import sharding as fsh
-from fbjax.data import language
+from fbjax import sim as simlib
 from fbjax.data import examples as ex
+from fbjax.data import language
 from fbjax.data.listwise import paired_as_ranked
 from fbjax.models import config as mc
 from fbjax.run import sim
-from fbjax.run.config import (EvalStage, ExperimentConfig, ModelSettings, SampleStage, StageEval,
-                              TrainStage)
+from fbjax.run.config import (
+    EvalStage,
+    ExperimentConfig,
+    ModelSettings,
+    SampleStage,
+    StageEval,
+    TrainStage,
+)
 from fbjax.tokenizer import ChatTemplate
 from fbjax.train import presets
 from fbjax.train.config import TrainConfig

@@ -26,10 +26,10 @@ import dataclasses
 import functools
 
 from experiments import common
-from fbjax.models import config as mc
-from fbjax.run.config import ExperimentConfig, single
-from fbjax.run import sim_feedback
 from fbjax.data import language, sources, templates
+from fbjax.models import config as mc
+from fbjax.run import sim_feedback
+from fbjax.run.config import ExperimentConfig, single
 from fbjax.train import language_inputs
 from fbjax.train.optim import OptimizerConfig
 

@@ -33,9 +33,9 @@ under TFDS's manual directory (``~/tensorflow_datasets/downloads/manual/<subset>
 from __future__ import annotations
 
 from experiments import common
-from fbjax.run.config import ExperimentConfig
-from fbjax.run import sim_feedback
 from fbjax.data import encode, hh_rlhf, sources
+from fbjax.run import sim_feedback
+from fbjax.run.config import ExperimentConfig
 from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 

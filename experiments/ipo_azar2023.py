@@ -19,7 +19,6 @@ Run::
 
 from __future__ import annotations
 
-
 from experiments import common, dpo_rafailov2023
 from fbjax.run import sim_feedback
 from fbjax.train import presets

@@ -28,12 +28,10 @@ from __future__ import annotations
 import functools
 
 from experiments import common
-from fbjax.run.config import ExperimentConfig
+from fbjax.data import listwise, sources
 from fbjax.run import sim_feedback
-from fbjax.data import sources
-from fbjax.objectives import preference
-from fbjax.train import inputs
-from fbjax.train.objective import Objective
+from fbjax.run.config import ExperimentConfig
+from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 
 VARIANTS = common.VARIANTS
@@ -43,15 +41,11 @@ ITEMS_PER_LIST = 10
 REDIAL_LISTS = 10_000
 
 
-def irpo(size: int, **hparams) -> Objective:
-    """IRPO over groups of ``size`` items (slot field ``relevance``)."""
-    return Objective(loss=preference.irpo, inputs=inputs.listwise(size), hparams=hparams)
-
 
 def paper() -> ExperimentConfig:
     return common.paper(
         "irpo_wu2025", checkpoint="Qwen/Qwen2.5-3B-Instruct",
-        objective=irpo(ITEMS_PER_LIST, beta=1.0),
+        objective=presets.irpo(ITEMS_PER_LIST, beta=1.0),
         optimizer=OptimizerConfig(learning_rate=1e-5, warmup_steps=0, schedule="constant"),
         train=common.paper_train(examples=REDIAL_LISTS, batch=32, completions=ITEMS_PER_LIST,
                                  seq_len=512, max_prompt_len=448, epochs=3, microbatches=8),
@@ -59,7 +53,7 @@ def paper() -> ExperimentConfig:
         data=sources.Dataset(
             source=sources.Unavailable(name="ReDial conversational recommendation lists",
                                        reason="no fbjax reader for ReDial"),
-            encoder=functools.partial(common.ranked_groups, size=ITEMS_PER_LIST),
+            encoder=functools.partial(listwise.ranked_groups, size=ITEMS_PER_LIST),
             template=sources.Chat(common.CHATML)),
         evaluation=common.PaperEval(benchmark="ReDial", metric="NDCG@k, Recall@k, MRR"),
     )
@@ -67,7 +61,7 @@ def paper() -> ExperimentConfig:
 
 STAGE = common.method(
     name="IRPO", family="ranked lists", feedback="graded relevance of 4 samples",
-    objective=irpo(common.SAMPLES_PER_PROMPT, beta=1.0),
+    objective=presets.irpo(common.SAMPLES_PER_PROMPT, beta=1.0),
     build=sim_feedback.ranked_lists, train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
 )
 

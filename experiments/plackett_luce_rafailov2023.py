@@ -26,9 +26,7 @@ import functools
 from experiments import common, dpo_rafailov2023
 from fbjax.data import listwise, sources
 from fbjax.run import sim_feedback
-from fbjax.objectives import preference
-from fbjax.train import inputs
-from fbjax.train.objective import Objective
+from fbjax.train import presets
 
 VARIANTS = common.VARIANTS
 DEFAULT_VARIANT = common.DEFAULT_VARIANT
@@ -37,16 +35,12 @@ LIST_SIZE = 3
 OASST1_EN_LISTS = 8_000
 
 
-def plackett_luce(size: int, **hparams) -> Objective:
-    """Plackett-Luce DPO over groups of ``size`` completions ranked best first."""
-    return Objective(loss=preference.plackett_luce, inputs=inputs.listwise(size), hparams=hparams)
-
 
 def paper():
     return common.derive(
         dpo_rafailov2023.paper(),
         name="plackett_luce_rafailov2023",
-        objective=plackett_luce(LIST_SIZE, beta=0.1),
+        objective=presets.plackett_luce(LIST_SIZE, beta=0.1),
         train=common.paper_train(examples=OASST1_EN_LISTS, batch=64, completions=LIST_SIZE,
                                  seq_len=512, max_prompt_len=256),
         data=sources.Dataset(source=sources.OASST1(languages="en"),
@@ -59,7 +53,7 @@ def paper():
 
 STAGE = common.method(
     name="PL-DPO", family="ranked lists", feedback="ranking of 4 samples",
-    objective=plackett_luce(common.SAMPLES_PER_PROMPT, beta=0.1),
+    objective=presets.plackett_luce(common.SAMPLES_PER_PROMPT, beta=0.1),
     build=sim_feedback.ranked_lists, train=common.SIM_TRAIN, optimizer=common.SIM_OPTIMIZER,
 )
 

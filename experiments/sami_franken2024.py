@@ -33,9 +33,9 @@ Run::
 from __future__ import annotations
 
 from experiments import common
-from fbjax.run.config import ExperimentConfig
-from fbjax.run import sim_feedback
 from fbjax.data import sources
+from fbjax.run import sim_feedback
+from fbjax.run.config import ExperimentConfig
 from fbjax.train import language_inputs
 from fbjax.train.optim import OptimizerConfig
 

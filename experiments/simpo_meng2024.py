@@ -27,9 +27,9 @@ Run::
 from __future__ import annotations
 
 from experiments import common
-from fbjax.run.config import ExperimentConfig
-from fbjax.run import sim_feedback
 from fbjax.data import encode, sources
+from fbjax.run import sim_feedback
+from fbjax.run.config import ExperimentConfig
 from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 

@@ -9,31 +9,35 @@ import os
 
 import pytest
 
-from fbjax import cli, experiment
-from fbjax.config import ExperimentConfig, TrainConfig, apply_overrides
+from fbjax import cli
 from fbjax.models import config as mc
+from fbjax.run import experiment
+from fbjax.run.config import single
+from fbjax.run.overrides import OverrideError, apply_overrides
 from fbjax.train import presets
+from fbjax.train.config import TrainConfig
 
 
 def _config():
-    return ExperimentConfig(name="t", model=mc.llama(), objective=presets.dpo(beta=0.1),
-                            train=TrainConfig(steps=3))
+    return single(name="t", model=mc.llama(), objective=presets.dpo(beta=0.1), data=None,
+                  train=TrainConfig(steps=3))
 
 
 def test_override_sets_nested_fields_with_types():
     cfg = apply_overrides(_config(), ["train.steps=7", "model.num_layers=3",
                                       "objective.hparams.beta=0.25", "model.family=mistral",
                                       "train.packing=False"])
-    assert cfg.train.steps == 7 and cfg.model.num_layers == 3
-    assert cfg.objective.hparams["beta"] == 0.25
-    assert cfg.model.family is mc.Family.MISTRAL and cfg.train.packing is False
+    (stage,) = cfg.stages
+    assert stage.train.steps == 7 and cfg.model.num_layers == 3
+    assert stage.objective.hparams["beta"] == 0.25
+    assert cfg.model.family is mc.Family.MISTRAL and stage.train.packing is False
 
 
 def test_unknown_key_names_it_and_suggests():
-    with pytest.raises(KeyError) as err:
+    with pytest.raises(OverrideError) as err:
         apply_overrides(_config(), ["train.step=7"])
     assert "train.step" in str(err.value) and "train.steps" in str(err.value)
-    with pytest.raises(KeyError, match="objective.hparams.beta"):
+    with pytest.raises(OverrideError, match="objective.hparams.beta"):
         apply_overrides(_config(), ["objective.hparams.betta=0.2"])
 
 
@@ -53,10 +57,10 @@ def test_unknown_family_is_an_error():
 
 def test_cli_reports_config_errors_without_traceback(capsys, tmp_path):
     rc = cli.main(["train", "--experiment", "experiments/feedback_families.py:smoke",
-                   "--workdir", str(tmp_path), "--set", "sft_train.stepz=3"])
+                   "--workdir", str(tmp_path), "--set", "stages.sft.train.stepz=3"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "sft_train.stepz" in err and "sft_train.steps" in err
+    assert "stages.sft.train.stepz" in err and "stages.sft.train.steps" in err
     rc = cli.main(["train", "--experiment", "experiments/feedback_families.py:huge",
                    "--workdir", str(tmp_path)])
     assert rc == 2 and "no variant 'huge'" in capsys.readouterr().err
@@ -64,7 +68,8 @@ def test_cli_reports_config_errors_without_traceback(capsys, tmp_path):
 
 def test_experiment_loads_by_module_name():
     module, variant, cfg = experiment.load("feedback_families:smoke")
-    assert variant == "smoke" and cfg.methods
+    assert variant == "smoke"
+    assert [s.name for s in cfg.stages] == ["sft", "pool", "DPO", "KTO", "D2O", "ILF", "eval"]
 
 
 @pytest.mark.slow
@@ -84,11 +89,67 @@ def test_default_experiment_smoke(tmp_path):
 def test_example_longer_than_model_maximum_is_named():
     import numpy as np
 
-    from fbjax import recipes
     from fbjax.data import packing
+    from fbjax.train.stream import batch_stream
 
-    cfg = ExperimentConfig(name="t", model=mc.gpt2(max_seq_len=16), objective=presets.sft(),
-                           train=TrainConfig(steps=1, seq_len=64, max_completion_len=64))
+    train = TrainConfig(steps=1, seq_len=64, max_completion_len=64)
     group = packing.Group(np.ones(4, np.int32), (np.ones(20, np.int32),))
     with pytest.raises(ValueError, match="exceeds the model's max_seq_len=16"):
-        recipes.batch_stream(cfg, [group])
+        batch_stream(train, mc.gpt2(max_seq_len=16), [group], seed=0)
+
+
+def test_fields_that_must_agree_are_validated_after_every_set():
+    # One at a time, num_heads=8 alone would be refused (8 heads over 2 kv-heads is fine, but
+    # 6 over 4 is not): all --sets are applied first, then each config is rebuilt once.
+    cfg = _config()
+    cfg = apply_overrides(cfg, ["model.num_kv_heads=8", "model.num_heads=8",
+                                "model.hidden_size=256"])
+    assert (cfg.model.num_heads, cfg.model.num_kv_heads) == (8, 8)
+    with pytest.raises(OverrideError, match="num_heads"):
+        apply_overrides(_config(), ["model.num_heads=6", "model.num_kv_heads=4"])
+
+
+def test_stage_paths_and_the_main_stage_shorthand():
+    _, _, cfg = experiment.load("dpo_rafailov2023:sim")
+    out = apply_overrides(cfg, ["objective.hparams.beta=0.2", "stages.sft.train.steps=5",
+                                "seed=3", "stages.pool.num_prompts=10"])
+    assert out.stage("DPO").objective.hparams["beta"] == 0.2
+    assert out.stage("sft").train.steps == 5 and out.seed == 3
+    assert out.stage("pool").num_prompts == 10
+    assert cfg.stage("DPO").objective.hparams["beta"] == 0.1  # the original is untouched
+    # Several method stages: no shorthand, and the error names the stages to choose from.
+    _, _, families = experiment.load("feedback_families")
+    with pytest.raises(OverrideError, match=r"did you mean .*stages\.DPO\.objective"):
+        apply_overrides(families, ["objective.hparams.beta=0.2"])
+    out = apply_overrides(families, ["stages.KTO.objective.hparams.beta=0.3"])
+    assert out.stage("KTO").objective.hparams["beta"] == 0.3
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("train.steps=True", "got a bool"),
+    ("train.steps=0", "train.steps must be >= 1"),
+    ("optimizer.learning_rate=-1", "learning_rate must be a finite number > 0"),
+    ("optimizer.learning_rate=1e400", "not a finite number"),
+    ("optimizer.lr=3", "unknown config key 'optimizer.lr'"),
+    ("seed=1.5", "expected int"),
+    ("train.steps", "expects path=value"),
+    ("train.steps=1", "given more than once"),
+])
+def test_bad_overrides_are_one_line_errors(bad, message, capsys, tmp_path):
+    args = ["train", "--experiment", "experiments/dpo_rafailov2023.py", "--workdir",
+            str(tmp_path), "--set", bad, "--print-config"]
+    if bad == "train.steps=1":
+        args += ["--set", "train.steps=2"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_print_config_shows_overrides_and_trains_nothing(capsys, tmp_path):
+    rc = cli.main(["train", "--experiment", "experiments/dpo_rafailov2023.py", "--workdir",
+                   str(tmp_path / "w"), "--set", "objective.hparams.beta=0.2", "--print-config"])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    (dpo,) = [s for s in printed["stages"] if s["name"] == "DPO"]
+    assert dpo["objective"]["hparams"]["beta"] == 0.2
+    assert not (tmp_path / "w").exists()

@@ -1,9 +1,9 @@
-"""The per-paper experiment modules: every ``paper`` config validates, every ``sim`` config
-trains, and the typed data sources read what they claim to.
+"""The per-paper experiment modules: every variant is an ExperimentConfig, every ``paper``
+config validates, every ``sim`` config trains, and the typed data sources read what they claim to.
 
-The ``paper`` variants are only built and checked (no weights or datasets offline). The ``sim``
-variants all run, shrunk by ``common.smoke`` and sharing one SFT start (``common.run_many``),
-so the file pays for one SFT and one train-step compile per method.
+The ``paper`` variants are only built and checked here (tests/test_paper_path.py runs one from a
+local checkpoint). The ``smoke`` variants all run, sharing one SFT start (``common.merge``), so
+the file pays for one SFT and one train-step compile per method.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import glob
 import importlib
+import inspect
+import json
 import math
 import os
 import re
@@ -19,14 +21,14 @@ import numpy as np
 import pytest
 
 from experiments import common
-from experiments import feedback_families as ff
-from experiments.feedback_families import FamiliesConfig, Method
-from fbjax import config as fconfig
+from fbjax import cli
 from fbjax import sharding as fsh
-from fbjax.config import ExperimentConfig
 from fbjax.data import encode, sources
 from fbjax.data import examples as ex
 from fbjax.models.config import Family, ModelConfig
+from fbjax.run import overrides, sim, stages
+from fbjax.run.config import EvalStage, ExperimentConfig, SampleStage, TrainStage
+from fbjax.train import catalog
 from fbjax.train.objective import Objective
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,32 +39,29 @@ MODULE_NAMES = sorted(
     if re.fullmatch(r"[a-z0-9_]+_[a-z]+(19|20)\d\d\.py", os.path.basename(p))
 )
 MODULES = {name: importlib.import_module(f"experiments.{name}") for name in MODULE_NAMES}
-SIM_MODULES = [n for n in MODULE_NAMES if "sim" in MODULES[n].VARIANTS]
-# Modules without a runnable sim variant, and why (see their docstrings).
-NO_SIM: dict[str, str] = {}
 
 
-def test_every_method_of_the_issue_has_a_module():
-    stems = {n.rsplit("_", 1)[0] for n in MODULE_NAMES}
-    wanted = {"dpo", "cdpo", "rdpo", "ipo", "simpo", "orpo", "cpo", "rm", "plackett_luce",
-              "irpo", "kto", "bco", "pmpo", "unlikelihood", "npo", "d2o", "nft", "drift", "coh",
-              "ilf", "leti", "cut", "c3po", "alt", "fcp", "conditional", "sami"}
-    assert wanted <= stems, sorted(wanted - stems)
-    assert set(MODULE_NAMES) - set(SIM_MODULES) == set(NO_SIM)
+@pytest.mark.parametrize("entry", [e for e in catalog.OBJECTIVES if e.experiments],
+                         ids=lambda e: e.name)
+def test_every_catalogued_experiment_exists_and_trains_its_objective(entry):
+    for name in entry.experiments:
+        assert name in MODULES, f"catalog entry {entry.name} names experiments/{name}.py"
+        assert _sim_stage(name).objective.loss is entry.loss
+        (stage,) = MODULES[name].get_config("paper").stages
+        assert stage.objective.loss is entry.loss
 
 
 @pytest.mark.parametrize("name", MODULE_NAMES)
 def test_module_conventions(name):
     module = MODULES[name]
     doc = module.__doc__ or ""
-    assert module.run is common.run
-    assert module.DEFAULT_VARIANT in module.VARIANTS
-    assert "paper" in module.VARIANTS
-    if name not in NO_SIM:
-        assert module.VARIANTS == ("paper", "sim") and module.DEFAULT_VARIANT == "sim"
+    assert module.VARIANTS == ("paper", "sim", "smoke") and module.DEFAULT_VARIANT == "sim"
+    assert not hasattr(module, "run"), "modules are plain configs; fbjax.run.stages runs them"
     assert re.search(r"arXiv:\d{4}\.\d{4,5}", doc) or "no arXiv id" in doc, "cite the paper"
     assert f"fbjax train --experiment experiments/{name}.py" in doc, "give the run command"
     assert "Compute" in doc and "expected" in doc.lower()
+    for variant in module.VARIANTS:
+        assert isinstance(module.get_config(variant), ExperimentConfig)
     with pytest.raises(ValueError, match="unknown variant"):
         module.get_config("nope")
 
@@ -82,102 +81,117 @@ def _check_source(leaf):
 @pytest.mark.parametrize("name", MODULE_NAMES)
 def test_paper_variant_validates(name):
     cfg = MODULES[name].get_config("paper")
-    assert isinstance(cfg, ExperimentConfig)
     assert cfg.name == name
-    # Model: a supported family, and the architecture of the checkpoint it converts.
-    assert isinstance(cfg.model, ModelConfig) and cfg.model.family in set(Family)
-    if cfg.init_from is not None:
-        assert cfg.init_from.startswith("hf:")
-        # A reward model is the checkpoint's backbone with a new scalar head.
-        backbone = dataclasses.replace(cfg.model, reward_head=False)
-        assert common.CHECKPOINTS[cfg.init_from[3:]] == backbone
+    # The architecture comes from the checkpoint (or, pretraining from scratch, is given).
+    assert (cfg.init_from or "").startswith("hf:") or isinstance(cfg.model, ModelConfig)
+    if cfg.model is not None:
+        assert cfg.model.family in set(Family)
+    (stage,) = cfg.stages
     # Objective: constructing it validated the hyperparameters against the loss signature.
-    assert isinstance(cfg.objective, Objective)
-    for key, value in cfg.objective.hparams.items():
+    assert isinstance(stage.objective, Objective)
+    for key, value in stage.objective.hparams.items():
         assert isinstance(value, (int, float, bool)) and math.isfinite(float(value)), key
     assert cfg.mesh.rules in (fsh.RULES_FSDP, fsh.RULES_FSDP_TP)
-    assert cfg.train.batch_rows % cfg.train.microbatches == 0
+    assert stage.train.batch % stage.train.microbatches == 0
     assert isinstance(cfg.evaluation, common.PaperEval)
     # Data: typed sources whose builders and splits exist, or explicitly unavailable ones.
-    assert isinstance(cfg.data, sources.Dataset)
-    for leaf in sources.leaves(cfg.data.source):
+    assert isinstance(stage.data, sources.Dataset)
+    for leaf in sources.leaves(stage.data.source):
         _check_source(leaf)
     # The config serialises and takes --set overrides like any other.
-    assert fconfig.dumps(cfg)
-    assert fconfig.apply_overrides(cfg, ["train.steps=3"]).train.steps == 3
+    assert overrides.dumps(cfg)
+    assert overrides.apply_overrides(cfg, ["train.steps=3"]).stages[0].train.steps == 3
 
 
-@pytest.mark.parametrize("name", SIM_MODULES)
+def _sim_stage(name: str) -> TrainStage:
+    (stage,) = [s for s in MODULES[name].get_config("sim").stages if getattr(s, "start", None) == "sft"]
+    return stage
+
+
+@pytest.mark.parametrize("name", MODULE_NAMES)
 def test_sim_variant_builds(name):
     cfg = MODULES[name].get_config("sim")
-    assert isinstance(cfg, FamiliesConfig)
-    (method,) = cfg.methods
-    assert isinstance(method, Method) and isinstance(method.objective, Objective)
-    assert callable(method.build_data)
-    assert cfg.mesh.rules in (fsh.RULES_FSDP, fsh.RULES_FSDP_TP)
-    assert fconfig.apply_overrides(cfg, ["sft_train.steps=3"]).sft_train.steps == 3
+    kinds = [type(s) for s in cfg.stages]
+    assert kinds == [TrainStage, SampleStage, TrainStage, EvalStage]
+    stage = cfg.stages[2]
+    assert isinstance(stage.objective, Objective) and isinstance(stage.data, sim.Feedback)
+    assert cfg.main_stage is stage and cfg.mesh.rules in (fsh.RULES_FSDP, fsh.RULES_FSDP_TP)
+    assert overrides.apply_overrides(cfg, ["stages.sft.train.steps=3"]).stages[0].train.steps == 3
+
+
+def _changed_hparam(stage: TrainStage) -> tuple[str, object] | None:
+    """The stage loss's first keyword hyperparameter and a value it does not have now (None
+    for a loss without one, e.g. the NLL of ILF, ALT and FCP)."""
+    params = inspect.signature(stage.objective.loss).parameters.values()
+    param = next((p for p in params if p.kind is p.KEYWORD_ONLY), None)
+    if param is None:
+        return None
+    current = stage.objective.hparams.get(param.name, param.default)
+    if isinstance(current, bool):
+        return param.name, not current
+    if isinstance(current, int):
+        return param.name, current + 1
+    return param.name, round(float(current) * 2 + 0.25, 6)
+
+
+@pytest.mark.parametrize("name", MODULE_NAMES)
+def test_print_config_shows_a_set_hyperparameter_of_the_sim_variant(name, capsys, tmp_path):
+    changed = _changed_hparam(_sim_stage(name))
+    sets = ["--set", "optimizer.learning_rate=0.0123"]
+    if changed is not None:
+        sets += ["--set", f"objective.hparams.{changed[0]}={changed[1]}"]
+    workdir = tmp_path / "w"
+    rc = cli.main(["train", "--experiment", f"experiments/{name}.py", "--workdir", str(workdir),
+                   *sets, "--print-config"])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    (stage,) = [s for s in printed["stages"] if s.get("start") == "sft"]
+    assert stage["optimizer"]["learning_rate"] == 0.0123
+    if changed is not None:
+        assert stage["objective"]["hparams"][changed[0]] == changed[1]
+    assert not workdir.exists()  # nothing trained
 
 
 def test_sim_variants_share_one_sft_start():
-    cfgs = [MODULES[n].get_config("sim") for n in SIM_MODULES]
+    cfgs = [MODULES[n].get_config("sim") for n in MODULE_NAMES]
     (merged,) = common.merge(cfgs)
-    assert [m.name for m in merged.methods] == [c.methods[0].name for c in cfgs]
+    assert [s.name for s in merged.stages if getattr(s, "start", None) == "sft"] == [
+        _sim_stage(n).name for n in MODULE_NAMES]
+    assert merged.stages[0].name == "sft" and merged.stages[-1].name == "eval"
     other = dataclasses.replace(cfgs[0], seed=1)
     assert len(common.merge([cfgs[0], other, cfgs[1]])) == 2
     with pytest.raises(ValueError, match="unique"):
         common.merge([cfgs[0], cfgs[0]])
 
 
-def test_data_rng_follows_the_method_name_not_its_position():
-    a, b = (MODULES[n].METHOD for n in ("dpo_rafailov2023", "coh_liu2023"))
-    forward = dataclasses.replace(common.SIM_BASE, methods=(a, b))
-    backward = dataclasses.replace(forward, methods=(b, a))
-    draws = {m.name: r.random(4).tolist()
-             for m, r in zip(forward.methods, ff.data_rngs(forward))}
-    assert {m.name: r.random(4).tolist()
-            for m, r in zip(backward.methods, ff.data_rngs(backward))} == draws
-    (alone,) = ff.data_rngs(common.sim_variant(b))
-    assert alone.random(4).tolist() == draws[b.name]
-    assert draws[a.name] != draws[b.name]
-    (reseeded,) = ff.data_rngs(dataclasses.replace(common.sim_variant(b), seed=1))
-    assert reseeded.random(4).tolist() != draws[b.name]
+def test_data_rng_follows_the_stage_name_not_its_position():
+    def draws(stage, seed=0):
+        ctx = sim.DataContext(tokenizer=None, task=None, seed=seed, stage=stage)
+        return ctx.rng.random(4).tolist()
 
-
-def test_sft_cache_round_trip(tmp_path):
-    import jax
-    import jax.numpy as jnp
-
-    cfg = common.sim_variant(MODULES["dpo_rafailov2023"].METHOD)
-    params = {"w": jnp.arange(6.0).reshape(2, 3), "b": {"c": jnp.ones(2)}}
-    like = jax.tree.map(jnp.zeros_like, params)
-    assert ff._load_sft(str(tmp_path), cfg, like) is None
-    ff._save_sft(str(tmp_path), cfg, params, [{"step": 1, "loss": 2.5}])
-    loaded, history = ff._load_sft(str(tmp_path), cfg, like)
-    assert jax.tree.all(jax.tree.map(lambda x, y: bool(jnp.all(x == y)), loaded, params))
-    assert history == [{"step": 1, "loss": 2.5}]
-    changed = dataclasses.replace(cfg, sft_train=dataclasses.replace(cfg.sft_train, steps=1))
-    assert ff._load_sft(str(tmp_path), changed, like) is None
-    # Only the SFT stage keys the cache: other methods reuse it.
-    other = common.sim_variant(MODULES["kto_ethayarajh2024"].METHOD)
-    assert ff._load_sft(str(tmp_path), other, like) is not None
+    assert draws("DPO") == draws("DPO")
+    assert draws("DPO") != draws("CoH")
+    assert draws("DPO", seed=1) != draws("DPO")
 
 
 @pytest.fixture(scope="module")
 def sim_tok():
-    from fbjax import sim
+    from fbjax import sim as simlib
 
-    return sim.build_tokenizer([common.SIM_TASK], vocab_size=384, seed=0)
+    return simlib.build_tokenizer([common.SIM_TASK], vocab_size=384, seed=0)
 
 
 def _pool(prompts, texts):
-    from fbjax import recipes
-
     rewards = [[common.SIM_TASK.reward(p, t) for t in ts] for p, ts in zip(prompts, texts)]
-    return recipes.SamplePool(tuple(prompts), tuple(map(tuple, texts)), np.array(rewards))
+    return sim.SamplePool(tuple(prompts), tuple(map(tuple, texts)), np.array(rewards))
 
 
 # 12+7=19 and 3+4=7: one right sample in four for the first prompt, two for the second.
 POOL = (("12+7=", "3+4="), (("19", "18", "9", "119"), ("7", "7", "8", "6")))
+
+
+def _build(name, tok, rng):
+    return _sim_stage(name).data.build(common.SIM_TASK, _pool(*POOL), tok, rng)
 
 
 def _trained_runs(group):
@@ -197,9 +211,7 @@ def _trained_runs(group):
 def test_coh_sim_data_ends_every_output_with_eos(sim_tok):
     # Evaluation samples the first output's position; a chain whose outputs are followed by
     # untrained separators never teaches the policy to stop there.
-    method = MODULES["coh_liu2023"].METHOD
-    pool = _pool(*POOL)
-    groups = method.build_data(common.SIM_TASK, pool, sim_tok, np.random.default_rng(0))
+    groups = _build("coh_liu2023", sim_tok, np.random.default_rng(0))
     assert len(groups) == 2
     for group, texts in zip(groups, POOL[1]):
         runs = _trained_runs(group)
@@ -211,9 +223,7 @@ def test_coh_sim_data_ends_every_output_with_eos(sim_tok):
 
 
 def test_bco_sim_data_balances_thumbs(sim_tok):
-    method = MODULES["bco_jung2024"].METHOD
-    pool = _pool(*POOL)  # 3 right, 5 wrong
-    groups = method.build_data(common.SIM_TASK, pool, sim_tok, np.random.default_rng(0))
+    groups = _build("bco_jung2024", sim_tok, np.random.default_rng(0))  # 3 right, 5 wrong
     labels = [g.slot_fields["labels"][0] for g in groups]
     assert sorted(labels) == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
     assert all(g.slot_fields["is_kl"] == (0.0,) for g in groups)
@@ -224,17 +234,16 @@ def test_pmpo_sim_objective_uses_per_class_means(sim_tok):
 
     from fbjax.objectives import binary
 
-    method = MODULES["pmpo_abdolmaleki2024"].METHOD
-    pool = _pool(*POOL)
-    groups = method.build_data(common.SIM_TASK, pool, sim_tok, np.random.default_rng(0))
-    objective = method.adapt(method.objective, groups) if method.adapt else method.objective
+    stage = _sim_stage("pmpo_abdolmaleki2024")
+    groups = _build("pmpo_abdolmaleki2024", sim_tok, np.random.default_rng(0))
+    objective = stage.adapt(stage.objective, groups) if stage.adapt else stage.objective
     labels = np.array([g.slot_fields["labels"][0] for g in groups])
     assert labels.mean() == 3 / 8
     rng = np.random.default_rng(0)
     logps, ref = -rng.uniform(1, 5, len(labels)), -rng.uniform(1, 5, len(labels))
     loss, _ = binary.pmpo(jnp.asarray(logps), jnp.asarray(ref), jnp.asarray(labels),
                           **objective.hparams)
-    alpha, beta = method.objective.hparams["alpha"], method.objective.hparams["beta"]
+    alpha, beta = stage.objective.hparams["alpha"], stage.objective.hparams["beta"]
     acc, rej = labels == 1, labels == 0
     paper = (-alpha * logps[acc].mean() + (1 - alpha) * logps[rej].mean()
              + beta * (ref - logps).mean())
@@ -250,9 +259,7 @@ def test_pmpo_sim_objective_uses_per_class_means(sim_tok):
 
 
 def test_unlikelihood_sim_data_penalises_only_wrong_digits(sim_tok):
-    method = MODULES["unlikelihood_welleck2019"].METHOD
-    pool = _pool(*POOL)
-    groups = method.build_data(common.SIM_TASK, pool, sim_tok, None)
+    groups = _build("unlikelihood_welleck2019", sim_tok, None)
     penalised = sorted(
         (sim_tok.decode(g.prompt[1:].tolist()), sim_tok.decode(g.completions[0][:-1].tolist()),
          sim_tok.decode([int(t) for t, w in zip(g.completions[0], g.masks[0]) if w > 0]))
@@ -274,18 +281,19 @@ def test_readme_table_has_a_sim_result_for_every_module():
 
 
 @pytest.mark.slow
-def test_every_sim_variant_trains(tmp_path):
-    cfgs = [common.smoke(MODULES[n].get_config("sim")) for n in SIM_MODULES]
-    summaries = common.run_many(cfgs, workdir=str(tmp_path), progress=False)
-    assert len(summaries) == 1, "every sim variant should share the SFT start"
-    rows = {r["method"]: r for r in summaries[0]["methods"]}
-    assert sorted(rows) == sorted(c.methods[0].name for c in cfgs)
+def test_every_smoke_variant_trains(tmp_path):
+    """Every module's ``smoke`` variant (its ``sim`` variant shrunk), sharing one SFT start."""
+    cfgs = [MODULES[n].get_config("smoke") for n in MODULE_NAMES]
+    (merged,) = common.merge(cfgs)
+    summary = stages.run(merged, workdir=str(tmp_path), progress=False)
+    rows = {r["method"]: r for r in summary["methods"]}
+    assert sorted(rows) == sorted(_sim_stage(n).name for n in MODULE_NAMES)
     for name, row in rows.items():
         assert row["examples"] > 0, name
         assert 0.0 <= row["reward_after"] <= 1.0, name
         assert 0.0 <= row["win_rate"] <= 1.0, name
         assert math.isfinite(row["kl"]), name
-    assert os.path.exists(tmp_path / "0" / "results.json")
+    assert os.path.exists(tmp_path / "results.json")
 
 
 # ----------------------------------------------------------------------------- data sources

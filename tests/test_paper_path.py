@@ -1,5 +1,6 @@
 """The ``paper`` path: a local Hugging Face checkpoint (weights + ``tokenizer.json``) resolved from
-``init_from``, checked against ``config.model``, and trained by ``fbjax.recipes.run_single``.
+``init_from``, whose architecture and tokenizer the run takes (or checks against ``config.model``
+when one is given), and trained by ``fbjax.run.stages.run``.
 
 Everything is built offline: a tiny random transformers Llama and a byte-level BPE tokenizer
 trained on a few strings. The end-to-end test reads the first records of the real HH-RLHF
@@ -19,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fbjax import recipes
 from fbjax import sharding as fsh
 from fbjax.data.templates import Segment, render
 from fbjax.hf_tokenizer import HFTokenizer
-from fbjax.models import hf, io
+from fbjax.models import checkpoints, hf, io
 from fbjax.models.decoder import Decoder, logits
+from fbjax.run import stages, start as startlib
+from fbjax.run.config import ModelSettings
 from fbjax.tokenizer import load_tokenizer, save_tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -233,8 +235,8 @@ def _fake_model_dir(path: Path) -> Path:
 def test_resolve_through_fbjax_hf_dir(clean_env, tmp_path):
     want = _fake_model_dir(tmp_path / "models" / "org" / "name")
     clean_env.setenv("FBJAX_HF_DIR", str(tmp_path / "models"))
-    assert recipes.resolve_checkpoint("hf:org/name") == str(want)
-    assert recipes.resolve_checkpoint(str(want)) == str(want)  # a plain path is itself
+    assert checkpoints.resolve_checkpoint("hf:org/name") == str(want)
+    assert checkpoints.resolve_checkpoint(str(want)) == str(want)  # a plain path is itself
 
 
 def test_resolve_through_hub_cache(clean_env, tmp_path):
@@ -244,24 +246,24 @@ def test_resolve_through_hub_cache(clean_env, tmp_path):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("bbb\n")
     clean_env.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    assert recipes.resolve_checkpoint("hf:org/name") == str(new)
+    assert checkpoints.resolve_checkpoint("hf:org/name") == str(new)
     # $HF_HUB_CACHE wins over $HF_HOME; without refs/main the only snapshot is taken.
     (repo / "refs" / "main").unlink()
     os.rename(new, tmp_path / "moved")
     clean_env.setenv("HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
     clean_env.setenv("HF_HOME", str(tmp_path / "elsewhere"))
-    assert recipes.resolve_checkpoint("hf:org/name") == str(old)
+    assert checkpoints.resolve_checkpoint("hf:org/name") == str(old)
     # The default cache is ~/.cache/huggingface/hub.
     clean_env.delenv("HF_HUB_CACHE")
     clean_env.delenv("HF_HOME")
-    assert recipes.hub_cache_dir() == str(tmp_path / "home" / ".cache" / "huggingface" / "hub")
+    assert checkpoints.hub_cache_dir() == str(tmp_path / "home" / ".cache" / "huggingface" / "hub")
 
 
 def test_not_found_names_every_place_and_the_fetch_command(clean_env, tmp_path):
     clean_env.setenv("FBJAX_HF_DIR", str(tmp_path / "models"))
     clean_env.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError) as err:
-        recipes.resolve_checkpoint("hf:openai-community/gpt2-xl")
+        checkpoints.resolve_checkpoint("hf:openai-community/gpt2-xl")
     msg = str(err.value)
     assert "checkpoint hf:openai-community/gpt2-xl not found locally" in msg
     assert f"{tmp_path}/models/openai-community/gpt2-xl ($FBJAX_HF_DIR)" in msg
@@ -269,69 +271,87 @@ def test_not_found_names_every_place_and_the_fetch_command(clean_env, tmp_path):
     assert "huggingface-cli download openai-community/gpt2-xl" in msg
     assert "fbjax train" in msg
     with pytest.raises(ValueError, match="expected hf:org/name"):
-        recipes.resolve_checkpoint("hf:gpt2")
+        checkpoints.resolve_checkpoint("hf:gpt2")
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        recipes.resolve_checkpoint(str(tmp_path / "nowhere"))
+        checkpoints.resolve_checkpoint(str(tmp_path / "nowhere"))
 
 
-def _paper_config(ckpt: Path, **overrides):
-    """The DPO paper variant shrunk onto the tiny checkpoint's architecture."""
+def _paper_config(ckpt: Path, **stage_changes):
+    """The DPO paper variant on the tiny checkpoint (its architecture is the checkpoint's),
+    shrunk to 2 steps of small float32 rows on a data-parallel mesh."""
     from experiments import dpo_rafailov2023
 
     paper = dpo_rafailov2023.get_config("paper")
-    _, model, _ = recipes.checkpoint_model_config(str(ckpt))
-    train = dataclasses.replace(paper.train, steps=2, batch_rows=8, seq_len=64,
+    (stage,) = paper.stages
+    train = dataclasses.replace(stage.train, steps=2, batch=8, seq_len=64,
                                 max_prompt_len=32, max_completion_len=32, log_every=1)
     return dataclasses.replace(
-        paper, model=model, init_from=str(ckpt), train=train,
-        mesh=fsh.MeshConfig(shape=(-1, 1, 1), rules=fsh.RULES_FSDP), **overrides)
+        paper, init_from=str(ckpt), model_settings=ModelSettings(),
+        mesh=fsh.MeshConfig(shape=(-1, 1, 1), rules=fsh.RULES_FSDP),
+        stages=(dataclasses.replace(stage, train=train, **stage_changes),))
+
+
+def _start(cfg):
+    """(model, params) of ``cfg``'s start, placed on its mesh."""
+    start = startlib.locate(cfg)
+    model = startlib.resolve_model(cfg, start)
+    mesh = fsh.make_mesh(cfg.mesh)
+    return model, startlib.load_params(model, start, mesh, cfg.mesh.rules, cfg.seed), mesh
+
+
+def test_the_architecture_is_the_checkpoints(tiny_ckpt):
+    ckpt, _ = tiny_ckpt
+    cfg = _paper_config(ckpt)
+    assert cfg.model is None
+    _, found, _ = checkpoints.checkpoint_model_config(str(ckpt))
+    assert startlib.resolve_model(cfg, startlib.locate(cfg)) == found
+    # Training settings apply on top of it.
+    bf16 = dataclasses.replace(cfg, model_settings=ModelSettings(dtype="bfloat16"))
+    assert startlib.resolve_model(bf16, startlib.locate(bf16)).dtype == "bfloat16"
 
 
 def test_mismatched_model_names_each_field(tiny_ckpt):
     ckpt, _ = tiny_ckpt
     cfg = _paper_config(ckpt)
+    _, found, _ = checkpoints.checkpoint_model_config(str(ckpt))
     wrong = dataclasses.replace(cfg, model=dataclasses.replace(
-        cfg.model, hidden_size=64, rope_theta=5e5, dtype="bfloat16", remat="block"))
+        found, hidden_size=64, rope_theta=5e5, dtype="bfloat16", remat="block"))
     with pytest.raises(ValueError) as err:
-        recipes.check_checkpoint_model(wrong, str(ckpt))
+        startlib.resolve_model(wrong, startlib.locate(wrong))
     msg = str(err.value)
     assert "hidden_size: experiment 64, checkpoint 32" in msg
     assert "rope_theta: experiment 500000.0, checkpoint 10000.0" in msg
     assert "dtype" not in msg and "remat" not in msg  # training-only settings may differ
-    assert str(ckpt / "config.json") in msg
+    assert str(ckpt) in msg
     # An explicit head_dim equal to hidden_size // num_heads is the same architecture.
-    same = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head_dim=8))
-    assert cfg.model.head_dim is None and recipes.check_checkpoint_model(same, str(ckpt)) == "hf"
+    same = dataclasses.replace(cfg, model=dataclasses.replace(found, head_dim=8))
+    assert found.head_dim is None
+    assert startlib.resolve_model(same, startlib.locate(same)).head_dim == 8
 
 
 def test_loaded_params_reproduce_transformers_logits(tiny_ckpt, tmp_path):
     ckpt, torch_model = tiny_ckpt
     cfg = _paper_config(ckpt)
-    mesh = fsh.make_mesh(cfg.mesh)
-    params = recipes.load_init_params(cfg, mesh, str(ckpt))
+    model, params, mesh = _start(cfg)
     # Placed with the run's shardings, not gathered on one device.
     assert params["embedding"].sharding.mesh.shape == mesh.shape
-    ids = np.random.default_rng(0).integers(0, cfg.model.vocab_size, (2, 12)).astype(np.int32)
+    ids = np.random.default_rng(0).integers(0, model.vocab_size, (2, 12)).astype(np.int32)
     expected = torch_logits(torch_model, ids)
     assert np.abs(expected).max() > 1.0
-    np.testing.assert_allclose(fbjax_logits(cfg.model, params, ids), expected, atol=1e-4)
+    np.testing.assert_allclose(fbjax_logits(model, params, ids), expected, atol=1e-4)
     # The same weights as an fbjax model checkpoint (fbjax convert's format) load alike.
-    io.save_params(tmp_path / "converted", cfg.model, hf.load_hf(ckpt)[1])
-    again = recipes.load_init_params(cfg, mesh, str(tmp_path / "converted"))
+    io.save_params(tmp_path / "converted", model, hf.load_hf(ckpt)[1])
+    _, again, _ = _start(dataclasses.replace(cfg, init_from=str(tmp_path / "converted")))
     np.testing.assert_array_equal(np.asarray(again["embedding"]),
                                   np.asarray(params["embedding"]))
 
 
 def test_reward_model_starts_from_the_language_model(tiny_ckpt):
-    from fbjax.models.config import ModelConfig
-
-    if "reward_head" not in {f.name for f in dataclasses.fields(ModelConfig)}:
-        pytest.skip("ModelConfig has no reward_head")
     ckpt, _ = tiny_ckpt
     cfg = _paper_config(ckpt)
-    rm = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, reward_head=True))
-    mesh = fsh.make_mesh(cfg.mesh)
-    params = recipes.load_init_params(rm, mesh, str(ckpt))
+    rm = dataclasses.replace(cfg, model_settings=ModelSettings(reward_head=True))
+    model, params, _ = _start(rm)
+    assert model.reward_head
     lm = hf.load_hf(ckpt)[1]
     assert "lm_head" in lm and "lm_head" not in params  # untied: the RM predicts no tokens
     np.testing.assert_array_equal(np.asarray(params["layer_1"]["mlp_norm"]["scale"]),
@@ -339,9 +359,10 @@ def test_reward_model_starts_from_the_language_model(tiny_ckpt):
     head = np.asarray(params["reward_head"])
     assert head.shape == (32, 1) and 0.005 < head.std() < 0.05  # N(0, init_std=0.02)
     # The other way round is an error: a language model cannot start from a reward model.
-    assert recipes.model_mismatches(cfg.model, rm.model) == [
+    lm_model = dataclasses.replace(model, reward_head=False)
+    assert checkpoints.model_mismatches(lm_model, model) == [
         "reward_head: experiment False, checkpoint True"]
-    assert recipes.model_mismatches(rm.model, cfg.model) == []
+    assert checkpoints.model_mismatches(model, lm_model) == []
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -363,17 +384,12 @@ def _hh_manual_dir(root: Path, n: int) -> Path:
 @pytest.mark.slow
 @pytest.mark.skipif(not HH_TEST.exists(), reason=f"shared HH-RLHF split not present at {HH_TEST}")
 def test_dpo_paper_variant_trains_from_the_checkpoint(tiny_ckpt, tmp_path, clean_env):
+    from fbjax import analysis
+    from fbjax.checkpoint import CheckpointConfig, read_extras
     from fbjax.data import sources
 
     ckpt, torch_model = tiny_ckpt
     clean_env.setenv("FBJAX_HF_DIR", str(ckpt.parent.parent))
-    base = _paper_config(ckpt)
-    data = dataclasses.replace(base.data, source=sources.HHRLHF(
-        subset="harmless-base", split="test", manual_dir=str(_hh_manual_dir(tmp_path / "hh", 8)),
-        data_dir=str(tmp_path / "tfds")))
-    assert data.tokenizer_path == ""  # so the checkpoint's tokenizer.json is used
-    from fbjax.checkpoint import CheckpointConfig
-
     seen = []
 
     def adapt(objective, groups):  # a data-dependent hyperparameter, as PMPO's class weights
@@ -381,35 +397,43 @@ def test_dpo_paper_variant_trains_from_the_checkpoint(tiny_ckpt, tmp_path, clean
         return dataclasses.replace(objective, hparams={**objective.hparams,
                                                        "beta": 0.01 * len(groups)})
 
-    cfg = dataclasses.replace(base, data=data, init_from="hf:tiny-org/tiny-llama",
-                              checkpoint=CheckpointConfig(async_save=False), adapt=adapt)
+    base = _paper_config(ckpt, adapt=adapt)
+    (stage,) = base.stages
+    data = dataclasses.replace(stage.data, source=sources.HHRLHF(
+        subset="harmless-base", split="test", manual_dir=str(_hh_manual_dir(tmp_path / "hh", 8)),
+        data_dir=str(tmp_path / "tfds")))
+    assert data.tokenizer_path == ""  # so the checkpoint's tokenizer.json is used
+    cfg = dataclasses.replace(base, init_from="hf:tiny-org/tiny-llama",
+                              checkpoint=CheckpointConfig(async_save=False),
+                              stages=(dataclasses.replace(stage, data=data),))
     workdir = tmp_path / "run"
-    result = recipes.run_single(cfg, workdir=str(workdir), progress=False)
+    summary = stages.run(cfg, workdir=str(workdir), progress=False)
 
-    assert [h["step"] for h in result.history] == [1, 2]
+    history = [json.loads(line) for line in (workdir / "train" / "history.jsonl").open()]
+    assert [h["step"] for h in history] == [1, 2]
+    assert summary["stages"]["train"]["step"] == 2
     # adapt saw the loaded data once, and the checkpoint records the hyperparameter it set
-    from fbjax.checkpoint import read_extras
-
     assert len(seen) == 1 and seen[0] > 0
-    saved = read_extras(str(workdir / "checkpoints"))["config"]["objective"]["hparams"]
+    root = workdir / "train" / "checkpoints"
+    saved = read_extras(str(root))["config"]["stage"]["objective"]["hparams"]
     assert saved["beta"] == pytest.approx(0.01 * seen[0])
     # Policy == reference at step 0: -log sigmoid(0) exactly.
-    assert abs(result.history[0]["loss"] - math.log(2)) < 1e-5
+    assert abs(history[0]["loss"] - math.log(2)) < 1e-5
     # The reference is the checkpoint: it reproduces transformers' logits.
+    reference = analysis.load_policy(workdir, reference=True)
     ids = np.asarray(load_tokenizer(ckpt).encode("Human: hello there", add_bos=True))[None]
-    ref = fbjax_logits(cfg.model, result.state.ref_params, ids)
+    ref = fbjax_logits(reference.model_config, reference.params, ids)
     np.testing.assert_allclose(ref, torch_logits(torch_model, ids), atol=1e-4)
     # The workdir holds the tokenizer that was used, and the run resumes as an init_from.
     assert load_tokenizer(workdir) == load_tokenizer(ckpt)
-    mesh = fsh.make_mesh(cfg.mesh)
-    restored = recipes.load_init_params(dataclasses.replace(cfg, init_from=str(workdir)), mesh,
-                                        str(workdir))
+    policy = analysis.load_policy(workdir)
+    _, restored, _ = _start(dataclasses.replace(cfg, init_from=str(workdir)))
     np.testing.assert_array_equal(np.asarray(restored["final_norm"]["scale"]),
-                                  np.asarray(result.state.params["final_norm"]["scale"]))
+                                  np.asarray(policy.params["final_norm"]["scale"]))
 
 
 def test_padded_rows_give_each_completion_the_row_less_the_prompt():
-    from fbjax.config import TrainConfig
+    from fbjax.train.config import TrainConfig
     from fbjax.data.packing import Group
     from fbjax.train.reference import Truncation
 

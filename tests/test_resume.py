@@ -39,6 +39,8 @@ COMMAND = [
     sys.executable, "-m", "fbjax.cli", "train", "--experiment", "experiments/sft_sim.py:tiny",
     "--no-progress", "--set", f"train.steps={STEPS}",
 ]
+# The run is one training stage, "sft": its checkpoints are under <workdir>/sft/checkpoints.
+CKPT = Path("sft", "checkpoints")
 TIMEOUT = 300  # seconds per run: generous, CI machines may be heavily loaded
 
 
@@ -123,7 +125,7 @@ def reference(tmp_path_factory, jax_cache) -> Path:
     """An uninterrupted run to ``STEPS`` (the first run: it fills the compilation cache)."""
     workdir = tmp_path_factory.mktemp("resume") / "reference"
     _train(workdir, jax_cache)
-    assert ck.list_steps(workdir / "checkpoints")[-1] == STEPS
+    assert ck.list_steps(workdir / CKPT)[-1] == STEPS
     return workdir
 
 
@@ -148,7 +150,7 @@ class _Background:
 
     def _signal(self, min_step: int, sig: int):
         try:
-            _wait_for_checkpoint(self.proc, self.log, self.workdir / "checkpoints", min_step)
+            _wait_for_checkpoint(self.proc, self.log, self.workdir / CKPT, min_step)
             self.proc.send_signal(sig)
         except BaseException as e:  # noqa: BLE001 - pytest.fail raises outside Exception
             self.error = str(e)
@@ -165,7 +167,7 @@ def _corrupt_copy(reference: Path, workdir: Path) -> dict[str, str]:
     """Copies the reference run and truncates its newest checkpoint's largest array file;
     returns the file hashes of the step before it."""
     shutil.copytree(reference, workdir)
-    root = workdir / "checkpoints"
+    root = workdir / CKPT
     victim = max((p for p in (root / str(STEPS) / "state").rglob("*") if p.is_file()),
                  key=lambda p: p.stat().st_size)
     with open(victim, "r+b") as f:
@@ -192,7 +194,7 @@ def background(reference, jax_cache, tmp_path_factory):
 def test_sigkill_then_restart_matches_uninterrupted_run(reference, background, reference_params,
                                                         jax_cache, tmp_path):
     workdir = tmp_path / "killed"
-    root = workdir / "checkpoints"
+    root = workdir / CKPT
     proc, log = _start(workdir, jax_cache)
     seen = _wait_for_checkpoint(proc, log, root, min_step=4)
     proc.send_signal(signal.SIGKILL)  # whatever it is doing: stepping, writing or committing
@@ -208,7 +210,7 @@ def test_sigkill_then_restart_matches_uninterrupted_run(reference, background, r
     assert _param_bytes(workdir, STEPS) == reference_params
     # The data iterator resumed where it was, too.
     assert (ck.read_extras(root, STEPS)["data_state"]
-            == ck.read_extras(reference / "checkpoints", STEPS)["data_state"])
+            == ck.read_extras(reference / CKPT, STEPS)["data_state"])
 
 
 def test_sigterm_saves_current_step_and_exits_cleanly(background):
@@ -219,8 +221,8 @@ def test_sigterm_saves_current_step_and_exits_cleanly(background):
     assert match, text[-4000:]
     step = int(match.group(1))
     assert 2 <= step < STEPS
-    assert f"sft_sim: step {step} " in text  # the run's own summary line: it stopped there
-    root = run.workdir / "checkpoints"
+    assert f"sft_sim: sft step {step} " in text  # the run's own summary line: it stopped there
+    root = run.workdir / CKPT
     status = ck.step_status(root)
     assert max(status) == step and status[step] is None  # complete, and nothing newer
     extras = ck.read_extras(root, step)
@@ -236,7 +238,7 @@ def test_corrupt_latest_checkpoint_falls_back_on_resume(reference_params, backgr
     assert re.search(rf"checkpoint step {STEPS} in \S+ is incomplete or corrupt: .*bytes.*"
                      "falling back to an earlier checkpoint", text), text[-4000:]
     assert f"resumed from checkpoint step {previous} " in text
-    root = run.workdir / "checkpoints"
+    root = run.workdir / CKPT
     assert _file_hashes(root / str(previous)) == run.hashes_before  # the fallback is untouched
     assert ck.list_steps(root)[-2:] == [previous, STEPS]  # and the corrupt one was replaced
     assert _param_bytes(run.workdir, STEPS) == reference_params  # an exact resume from there

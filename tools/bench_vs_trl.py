@@ -195,7 +195,7 @@ class TrlStep:
 class FbjaxStep:
     """fbjax's jitted DPO step on the pairs.
 
-    ``layout="prefix"`` (the default of ``fbjax.recipes.batch_stream``): the pairs packed into
+    ``layout="prefix"`` (the default of ``fbjax.train.stream.batch_stream``): the pairs packed into
     rows of ``--row-len`` tokens, each prompt shared by its two completions, as few rows as
     first-fit needs. ``layout="padded"``: one sequence per row, padded to the batch's longest
     sequence, as TRL lays the batch out (isolates the layout's share of the difference).

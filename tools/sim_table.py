@@ -3,10 +3,13 @@ table (oracle reward SFT -> after, per seed, with mean and spread of the gain).
 
     python tools/sim_table.py --seeds 0 1 2 --workdir runs/sim_table --out sim_table.json
 
-Each seed is one :func:`experiments.common.run_many` call: all modules share one SFT start and
-one sample pool per seed, and each method trains from that start. ``--modules dpo_rafailov2023
-kto_ethayarajh2024`` restricts the run; ``--from-json`` reprints a table from an earlier
-``--out`` without training. Results per seed are also in ``<workdir>/seed<N>/*/results.json``.
+Each seed is one run of the modules' ``sim`` variants merged into one experiment
+(:func:`experiments.common.merge`): all modules share one SFT start and one sample pool per seed,
+and each method trains from that start. ``--modules dpo_rafailov2023 kto_ethayarajh2024``
+restricts the run; ``--from-json`` reprints a table from an earlier ``--out`` without training.
+Results per seed are also in ``<workdir>/seed<N>/results.json``. A run that is stopped continues
+where it was when started again with the same arguments (every stage resumes from its
+checkpoints), and a finished SFT stage is reused by re-running with other ``--modules``.
 """
 
 from __future__ import annotations
@@ -27,15 +30,14 @@ MODULE_PATTERN = r"[a-z0-9_]+_[a-z]+(19|20)\d\d\.py"
 
 
 def sim_modules() -> list[str]:
-    names = sorted(os.path.basename(p)[:-3]
+    return sorted(os.path.basename(p)[:-3]
                    for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
                    if re.fullmatch(MODULE_PATTERN, os.path.basename(p)))
-    return [n for n in names
-            if "sim" in importlib.import_module(f"experiments.{n}").VARIANTS]
 
 
-def run_seed(modules: list[str], seed: int, workdir: str, sft_cache: str | None) -> list[dict]:
+def run_seed(modules: list[str], seed: int, workdir: str) -> list[dict]:
     from experiments import common
+    from fbjax.run import stages
 
     configs = []
     for name in modules:
@@ -43,14 +45,12 @@ def run_seed(modules: list[str], seed: int, workdir: str, sft_cache: str | None)
         configs.append(dataclasses.replace(cfg, seed=seed))
     owner = {}
     for name, cfg in zip(modules, configs):
-        for m in cfg.methods:
-            owner[m.name] = name
-    rows = []
-    for summary in common.run_many(configs, workdir=os.path.join(workdir, f"seed{seed}"),
-                                   progress=False, sft_cache=sft_cache):
-        for row in summary["methods"]:
-            rows.append({**row, "module": owner[row["method"]], "seed": seed})
-    return rows
+        for s in cfg.stages:
+            if getattr(s, "start", None) == "sft":
+                owner[s.name] = name
+    (merged,) = common.merge(configs)
+    summary = stages.run(merged, workdir=os.path.join(workdir, f"seed{seed}"), progress=False)
+    return [{**row, "module": owner[row["method"]], "seed": seed} for row in summary["methods"]]
 
 
 def table(rows: list[dict]) -> str:
@@ -79,8 +79,6 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--modules", nargs="*", help="module names (default: every sim module)")
     p.add_argument("--workdir", default="runs/sim_table")
-    p.add_argument("--sft-cache", default=None,
-                   help="directory to reuse SFT params across invocations (opt-in)")
     p.add_argument("--out", default=None, help="write all rows as JSON here")
     p.add_argument("--from-json", default=None, help="print the table of an earlier --out")
     args = p.parse_args(argv)
@@ -92,7 +90,7 @@ def main(argv=None) -> int:
     modules = args.modules or sim_modules()
     rows = []
     for seed in args.seeds:
-        rows += run_seed(modules, seed, args.workdir, args.sft_cache)
+        rows += run_seed(modules, seed, args.workdir)
         if args.out:  # after every seed, so a long run that is cut off keeps what it measured
             with open(args.out, "w") as f:
                 json.dump(rows, f, indent=2)

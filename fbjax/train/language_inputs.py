@@ -12,7 +12,7 @@ step is shared with every other objective) and return the named arrays the losse
 * :func:`signed_tokens` - token-level rewards carried as signed loss-mask weights.
 
 The bindings pair each loss with its layout, as ``fbjax.train.presets`` does for the other
-families; :data:`LANGUAGE_OBJECTIVES` is the one name -> binding table.
+families; ``fbjax.train.catalog`` lists them with the other objectives.
 """
 
 from __future__ import annotations
@@ -183,18 +183,3 @@ def sami(num_constitutions: int, **hparams) -> Objective:
 def token_weighted(**hparams) -> Objective:
     """Token-level rewards from span critiques: likelihood / unlikelihood by the token's sign."""
     return Objective(loss=language.token_weighted, inputs=signed_tokens, hparams=hparams)
-
-
-# The one place names map to the language-feedback objectives.
-LANGUAGE_OBJECTIVES = {
-    "chain_of_hindsight": chain_of_hindsight,
-    "leti": leti,
-    "conditional_training": conditional_training,
-    "alt": feedback_conditioned,
-    "fcp": feedback_conditioned,
-    "ilf": ilf,
-    "cut": cut,
-    "c3po": c3po,
-    "sami": sami,
-    "token_weighted": token_weighted,
-}

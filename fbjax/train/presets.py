@@ -3,8 +3,8 @@
 Each function pairs one pure loss with the batch layout it reads and, where the paper defines
 one, the batch statistic or running state computed before the loss (KTO's reference point,
 BCO's reward shift). Hyperparameters pass straight through to the loss and are validated
-against its signature. Experiments import these (``presets.dpo(beta=0.1)``); the CLI's name
-lookup is the one literal dict :data:`OBJECTIVES`.
+against its signature. Experiments import these (``presets.dpo(beta=0.1)``); ``fbjax.train.catalog``
+is the one table of all objectives by name.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def sft(**hparams) -> Objective:
     return Objective(loss=supervised.nll, inputs=inputs.sequences, hparams=hparams)
 
 
-def _paired(loss):
+def paired(loss):
     def bind(**hparams) -> Objective:
         return Objective(loss=loss, inputs=inputs.paired, hparams=hparams)
 
@@ -44,15 +44,15 @@ def _paired(loss):
     return bind
 
 
-dpo = _paired(preference.dpo)
-cdpo = _paired(preference.cdpo)
-rdpo = _paired(preference.rdpo)
-ipo = _paired(preference.ipo)
-hinge = _paired(preference.hinge)
-slic = _paired(preference.slic)
-simpo = _paired(preference.simpo)
-orpo = _paired(preference.orpo)
-cpo = _paired(preference.cpo)
+dpo = paired(preference.dpo)
+cdpo = paired(preference.cdpo)
+rdpo = paired(preference.rdpo)
+ipo = paired(preference.ipo)
+hinge = paired(preference.hinge)
+slic = paired(preference.slic)
+simpo = paired(preference.simpo)
+orpo = paired(preference.orpo)
+cpo = paired(preference.cpo)
 
 
 def _kto_reference_point(arrays, state, rng, hparams):
@@ -155,34 +155,18 @@ def reward_model_margin(**hparams) -> Objective:
                      hparams=hparams)
 
 
+def plackett_luce(size: int, **hparams) -> Objective:
+    """Plackett-Luce DPO over groups of ``size`` completions ranked best first."""
+    return Objective(loss=preference.plackett_luce, inputs=inputs.listwise(size), hparams=hparams)
+
+
+def irpo(size: int, **hparams) -> Objective:
+    """IRPO over groups of ``size`` items with graded relevance (slot field ``relevance``)."""
+    return Objective(loss=preference.irpo, inputs=inputs.listwise(size), hparams=hparams)
+
+
 def kwise_reward_model(group_size: int, **hparams) -> Objective:
     """InstructGPT's reward model: all pairs of each prompt's ``group_size`` ranked completions
     (slot field ``ranks``, 0 = best, or best-first slot order) as one example."""
     return Objective(loss=preference.kwise_bradley_terry,
                      inputs=inputs.reward_rankings(group_size), hparams=hparams)
-
-
-# The one place names map to objectives (for ``--set``-free CLI use and experiment tables).
-OBJECTIVES = {
-    "sft": sft,
-    "dpo": dpo,
-    "cdpo": cdpo,
-    "rdpo": rdpo,
-    "ipo": ipo,
-    "hinge": hinge,
-    "slic": slic,
-    "simpo": simpo,
-    "orpo": orpo,
-    "cpo": cpo,
-    "kto": kto,
-    "bco": bco,
-    "pmpo": pmpo,
-    "npo": npo,
-    "unlikelihood": unlikelihood,
-    "d2o": d2o,
-    "nft": nft,
-    "bco_udm": bco_udm,
-    "reward_model": reward_model,
-    "reward_model_margin": reward_model_margin,
-    "kwise_reward_model": kwise_reward_model,
-}

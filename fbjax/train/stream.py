@@ -13,7 +13,7 @@ from fbjax.models.config import ModelConfig
 from fbjax.models.hf import check_sequence_length
 from fbjax.sharding import BATCH_AXES
 from fbjax.train import loop
-from fbjax.train.config import TrainConfig
+from fbjax.train.config import TrainConfig, TrainJob
 from fbjax.train.reference import Truncation
 
 
@@ -58,3 +58,12 @@ def batch_stream(train: TrainConfig, model: ModelConfig, groups: Sequence[packin
     check_sequence_length(model, longest)
     return BatchStream(groups, spec, seed=seed, shard_index=jax.process_index(),
                        shard_count=processes, rows=rows)
+
+
+def train_on_groups(job: TrainJob, groups: Sequence[packing.Group], params, *, mesh,
+                    reference_params=None, workdir: str | None = None, progress: bool = False,
+                    desc: str | None = None, checkpointer=None) -> loop.RunResult:
+    """``job`` trained on ``groups`` from ``params``: the batch stream and the loop together."""
+    stream = batch_stream(job.train, job.model, groups, seed=job.seed, mesh=mesh)
+    return loop.train(job, stream, params, mesh=mesh, reference_params=reference_params,
+                      workdir=workdir, progress=progress, desc=desc, checkpointer=checkpointer)

@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fbjax import recipes
 from fbjax import sharding as fsh
-from fbjax.config import ExperimentConfig, TrainConfig
+from fbjax.run.start import random_params
+from fbjax.train.config import TrainConfig
+from fbjax.train.stream import train_on_groups
 from fbjax.data import packing
 from fbjax.models import hf
 from fbjax.models.config import preset
@@ -25,7 +26,7 @@ from fbjax.train import presets
 from fbjax.train import step as steplib
 from fbjax.train.optim import OptimizerConfig
 from tests.models.test_hf_parity import _FBJAX_SIZES, _random_variables, _tool
-from tests.train.helpers import random_groups, tiny_llama
+from tests.train.helpers import job, random_groups, tiny_llama
 
 FAMILIES = ("llama", "qwen2", "gpt2")  # untied head + biases, tied embeddings, GPT-2 layout
 
@@ -155,18 +156,16 @@ def test_packed_rewards_equal_each_sequence_alone(share_prefix):
 
 def test_reward_model_refuses_log_prob_objectives():
     mesh = fsh.make_mesh(fsh.MeshConfig(shape=(1, 1, 1)), jax.devices()[:1])
-    config = ExperimentConfig(
-        name="rm", model=RM, objective=presets.dpo(),
-        optimizer=OptimizerConfig(learning_rate=1e-3), mesh=fsh.MeshConfig(shape=(1, 1, 1)),
-        train=TrainConfig(steps=1, batch_rows=2, seq_len=32, slots_per_row=4, log_every=1))
-    params = recipes.random_params(config, mesh, 0)
+    train = TrainConfig(steps=1, batch=2, seq_len=32, slots_per_row=4, log_every=1)
+    config = job(RM, presets.dpo(), train, optimizer=OptimizerConfig(learning_rate=1e-3),
+                 name="rm")
+    rules = fsh.MeshConfig().rules
     groups = random_groups(4, completions=2, vocab=RM.vocab_size, seed=1)
     with pytest.raises(ValueError, match="no LM head"):
-        recipes.train_on_groups(config, groups, params, mesh=mesh, workdir=None, progress=False)
+        train_on_groups(config, groups, random_params(RM, mesh, rules, 0), mesh=mesh)
     policy = dataclasses.replace(config, model=tiny_llama(), objective=presets.reward_model())
     with pytest.raises(ValueError, match="no reward head"):
-        recipes.train_on_groups(policy, groups, recipes.random_params(policy, mesh, 0),
-                                mesh=mesh, workdir=None, progress=False)
+        train_on_groups(policy, groups, random_params(policy.model, mesh, rules, 0), mesh=mesh)
 
 
 def test_init_reward_head_turns_a_policy_into_a_reward_model():

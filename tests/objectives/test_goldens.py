@@ -17,13 +17,11 @@ import numpy as np
 import pytest
 
 from fbjax.objectives import binary
+from fbjax.train import catalog
 
 GOLDENS = pathlib.Path(__file__).resolve().parents[1] / "goldens"
-LOSS_GOLDENS = [
-    "dpo", "cdpo", "rdpo", "ipo", "hinge", "slic", "simpo", "orpo", "cpo", "bradley_terry",
-    "bradley_terry_margin", "kwise_bradley_terry", "plackett_luce", "irpo", "kto", "bco",
-    "bco_udm", "pmpo", "unlikelihood", "npo", "d2o", "nft",
-]
+# Every objective whose catalog entry names a parity golden.
+LOSS_GOLDENS = [e.golden for e in catalog.OBJECTIVES if e.golden]
 
 
 def load(name):

@@ -26,3 +26,14 @@ def random_groups(n: int, *, completions: int, vocab: int, seed: int,
         )
         groups.append(packing.Group(prompt, comps))
     return groups
+
+
+def job(model, objective, train, *, optimizer=None, rules=None, name: str = "t", seed: int = 0):
+    """A :class:`~fbjax.train.config.TrainJob` with the defaults an experiment would give."""
+    from fbjax import sharding as fsh
+    from fbjax.train.config import TrainJob
+    from fbjax.train.optim import OptimizerConfig
+
+    return TrainJob(name=name, model=model, objective=objective,
+                    optimizer=optimizer or OptimizerConfig(), train=train,
+                    rules=rules if rules is not None else fsh.MeshConfig().rules, seed=seed)

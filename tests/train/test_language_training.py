@@ -3,7 +3,7 @@ they target.
 
 Every method starts from the same tiny model, briefly fine-tuned on a noisy demonstrator for
 2-digit arithmetic (``fbjax.sim``), and trains for a few dozen steps
-(``fbjax.recipes.train_on_groups``) on feedback about answers to 24 prompts. What is asserted:
+(``fbjax.train.stream.train_on_groups``) on feedback about answers to 24 prompts. What is asserted:
 
 * CoH, LeTI, conditional training, ALT/FCP: conditioned on the desired feedback, correct answers
   gain log-probability relative to wrong ones (versus the undesired feedback), *and* greedy
@@ -33,9 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fbjax import evaluation, recipes, sampling, sim
+from fbjax import evaluation, sampling, sim
 from fbjax import sharding as fsh
-from fbjax.config import ExperimentConfig, TrainConfig
+from fbjax.run.start import random_params
+from fbjax.train.config import TrainConfig
+from fbjax.train.stream import train_on_groups
 from fbjax.data import encode, packing, templates
 from fbjax.data import examples as ex
 from fbjax.data import language as dl
@@ -44,6 +46,7 @@ from fbjax.models.decoder import Decoder
 from fbjax.objectives import language as L
 from fbjax.objectives import logprobs
 from fbjax.train import language_inputs as li
+from tests.train.helpers import job
 from fbjax.train import presets
 from fbjax.train import step as steplib
 from fbjax.train.objective import SequenceStats
@@ -162,8 +165,7 @@ def env() -> Env:
     rng = np.random.default_rng(0)
     prompts = task.sample_prompts(rng, 24)
     bad = tuple(task.demonstration(p, rng, 0.0) for p in prompts)
-    cfg = _config(model, None, steps=1)
-    init = recipes.random_params(cfg, mesh, 0)
+    init = random_params(model, mesh, fsh.MeshConfig().rules, 0)
     env = Env(task, tok, model, mesh, init, init, tuple(prompts), bad)
     demos = [(p, task.demonstration(p, rng, 0.5)) for p in prompts for _ in range(4)]
     base, _ = train(env, presets.sft(), encode.sft(demos, tok), steps=60, rows=8)
@@ -171,19 +173,17 @@ def env() -> Env:
 
 
 def _config(model, objective, *, steps, slots=8, share_prefix=True, lr=3e-3, rows=4):
-    return ExperimentConfig(
-        name="language-test", model=model, objective=objective,
-        optimizer=OptimizerConfig(learning_rate=lr, warmup_steps=3, schedule="constant"),
-        train=TrainConfig(steps=steps, batch_rows=rows, seq_len=SEQ_LEN, slots_per_row=slots,
-                          log_every=steps, share_prefix=share_prefix),
-        mesh=fsh.MeshConfig(shape=(1, 1, 1)),
-    )
+    return job(model, objective,
+               TrainConfig(steps=steps, batch=rows, seq_len=SEQ_LEN, slots_per_row=slots,
+                           log_every=steps, share_prefix=share_prefix),
+               optimizer=OptimizerConfig(learning_rate=lr, warmup_steps=3, schedule="constant"),
+               name="language-test")
 
 
 def train(env: Env, objective, groups, *, steps=40, params=None, **kw):
     cfg = _config(env.model, objective, steps=steps, **kw)
-    result = recipes.train_on_groups(cfg, groups, env.base if params is None else params,
-                                     mesh=env.mesh, workdir=None, progress=False)
+    result = train_on_groups(cfg, groups, env.base if params is None else params,
+                             mesh=env.mesh)
     assert result.history and math.isfinite(result.history[-1]["loss"])
     return result.state.params, result.history
 

@@ -13,15 +13,16 @@ import jax
 import numpy as np
 import pytest
 
-from fbjax import recipes
 from fbjax import sharding as fsh
 from fbjax.checkpoint import CheckpointConfig, RunCheckpointer
-from fbjax.config import ExperimentConfig, TrainConfig
+from fbjax.run.start import random_params
+from fbjax.train.config import TrainConfig
+from fbjax.train.stream import train_on_groups
 from fbjax.objectives import preference
-from fbjax.train import inputs, presets
+from fbjax.train import catalog, inputs, presets
 from fbjax.train.objective import Objective
 from fbjax.train.optim import OptimizerConfig
-from tests.train.helpers import random_groups, tiny_llama
+from tests.train.helpers import job, random_groups, tiny_llama
 
 MODEL = tiny_llama(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=32)
 STEPS = 12
@@ -33,16 +34,12 @@ def mesh():
 
 
 def _train(objective, groups, mesh, steps=STEPS, lr=3e-3, slots=8):
-    config = ExperimentConfig(
-        name=objective.name, model=MODEL, objective=objective,
-        optimizer=OptimizerConfig(learning_rate=lr, schedule="constant"),
-        train=TrainConfig(steps=steps, batch_rows=4, seq_len=64, slots_per_row=slots,
-                          log_every=1),
-        mesh=fsh.MeshConfig(shape=(1, 2, 1), rules=fsh.RULES_FSDP),
-    )
-    params = recipes.random_params(config, mesh, 0)
-    result = recipes.train_on_groups(config, groups, params, mesh=mesh, workdir=None,
-                                     progress=False)
+    config = job(MODEL, objective,
+                 TrainConfig(steps=steps, batch=4, seq_len=64, slots_per_row=slots, log_every=1),
+                 optimizer=OptimizerConfig(learning_rate=lr, schedule="constant"),
+                 rules=fsh.RULES_FSDP, name=objective.name)
+    params = random_params(MODEL, mesh, fsh.RULES_FSDP, 0)
+    result = train_on_groups(config, groups, params, mesh=mesh)
     return result.history
 
 
@@ -80,7 +77,7 @@ def test_unpaired_objective_separates_the_classes(name, mesh):
                                       slot_fields={"labels": (g.slot_fields["labels"][0], 0.0),
                                                    "is_kl": (0.0, 1.0)})
                   for i, g in enumerate(groups)]
-    history = _train(presets.OBJECTIVES[name](), groups, mesh)
+    history = _train(catalog.get(name).bind(), groups, mesh)
     gap = [h["logps/chosen"] - h["logps/rejected"] for h in history]
     assert np.mean(gap[-3:]) > gap[0] + 0.05, (name, gap[0], gap[-3:])
 
@@ -88,7 +85,7 @@ def test_unpaired_objective_separates_the_classes(name, mesh):
 @pytest.mark.parametrize("name", ["npo", "unlikelihood"])
 def test_negative_objective_lowers_the_negatives(name, mesh):
     groups = random_groups(24, completions=1, vocab=MODEL.vocab_size, seed=3)
-    history = _train(presets.OBJECTIVES[name](), groups, mesh)
+    history = _train(catalog.get(name).bind(), groups, mesh)
     key = "logps/rejected" if name == "npo" else "loss"
     before, after = _first_last(history, key)
     assert after < before - 0.05, (name, before, after)
@@ -118,23 +115,18 @@ def test_bco_resume_keeps_reward_shift(tmp_path, mesh):
     reward-shift state included."""
     groups = _with(random_groups(32, completions=1, vocab=MODEL.vocab_size, seed=6),
                    labels=lambda i, g: (float(i % 2),))
-    config = ExperimentConfig(
-        name="bco", model=MODEL, objective=presets.bco(beta=0.5),
-        optimizer=OptimizerConfig(learning_rate=3e-3, schedule="constant"),
-        train=TrainConfig(steps=6, batch_rows=4, seq_len=64, slots_per_row=8, log_every=1),
-        mesh=fsh.MeshConfig(shape=(1, 2, 1), rules=fsh.RULES_FSDP),
-    )
-    params = recipes.random_params(config, mesh, 0)
-    full = recipes.train_on_groups(config, groups, params, mesh=mesh, workdir=None,
-                                   progress=False)
+    config = job(MODEL, presets.bco(beta=0.5),
+                 TrainConfig(steps=6, batch=4, seq_len=64, slots_per_row=8, log_every=1),
+                 optimizer=OptimizerConfig(learning_rate=3e-3, schedule="constant"),
+                 rules=fsh.RULES_FSDP, name="bco")
+    params = random_params(MODEL, mesh, fsh.RULES_FSDP, 0)
+    full = train_on_groups(config, groups, params, mesh=mesh)
     ckpt = CheckpointConfig(every_steps=3, keep=2, async_save=False)
     short = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=3))
-    recipes.train_on_groups(short, groups, params, mesh=mesh, workdir=None, progress=False,
-                            checkpointer=RunCheckpointer(tmp_path, ckpt, handle_sigterm=False))
-    resumed = recipes.train_on_groups(config, groups, params, mesh=mesh, workdir=None,
-                                      progress=False,
-                                      checkpointer=RunCheckpointer(tmp_path, ckpt,
-                                                                   handle_sigterm=False))
+    train_on_groups(short, groups, params, mesh=mesh,
+                    checkpointer=RunCheckpointer(tmp_path, ckpt, handle_sigterm=False))
+    resumed = train_on_groups(config, groups, params, mesh=mesh,
+                              checkpointer=RunCheckpointer(tmp_path, ckpt, handle_sigterm=False))
     assert int(resumed.state.step) == 6
     shift_full = jax.device_get(full.state.objective_state)
     shift_resumed = jax.device_get(resumed.state.objective_state)
@@ -145,14 +137,13 @@ def test_bco_resume_keeps_reward_shift(tmp_path, mesh):
 
 
 def _train_reward_model(mesh, objective, groups):
-    config = ExperimentConfig(
-        name="rm", model=dataclasses.replace(MODEL, reward_head=True), objective=objective,
-        optimizer=OptimizerConfig(learning_rate=3e-3, schedule="constant"),
-        train=TrainConfig(steps=STEPS, batch_rows=4, seq_len=64, slots_per_row=8, log_every=1),
-        mesh=fsh.MeshConfig(shape=(1, 2, 1), rules=fsh.RULES_FSDP),
-    )
-    return recipes.train_on_groups(config, groups, recipes.random_params(config, mesh, 0),
-                                   mesh=mesh, workdir=None, progress=False)
+    model = dataclasses.replace(MODEL, reward_head=True)
+    config = job(model, objective,
+                 TrainConfig(steps=STEPS, batch=4, seq_len=64, slots_per_row=8, log_every=1),
+                 optimizer=OptimizerConfig(learning_rate=3e-3, schedule="constant"),
+                 rules=fsh.RULES_FSDP, name="rm")
+    return train_on_groups(config, groups, random_params(model, mesh, fsh.RULES_FSDP, 0),
+                           mesh=mesh)
 
 
 def test_reward_model_learns_the_preferences(mesh):
@@ -207,10 +198,7 @@ def test_bco_udm_trains_with_model_embeddings(mesh):
 
     groups = _with(random_groups(32, completions=1, vocab=MODEL.vocab_size, seed=13),
                    labels=lambda i, g: (float(i % 2),))
-    params = jax.device_get(recipes.random_params(
-        ExperimentConfig(name="e", model=MODEL, objective=presets.sft(),
-                         optimizer=OptimizerConfig(), train=TrainConfig(),
-                         mesh=fsh.MeshConfig(shape=(1, 2, 1))), mesh, 0))
+    params = jax.device_get(random_params(MODEL, mesh, fsh.MeshConfig().rules, 0))
     groups = udm.attach_udm_weights(groups, udm.mean_hidden_states(MODEL, params))
     history = _train(presets.bco_udm(), groups, mesh)
     gap = [h["logps/chosen"] - h["logps/rejected"] for h in history]

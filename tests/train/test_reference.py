@@ -203,18 +203,19 @@ def test_attach_checks_counts():
 
 def test_for_config_feeds_the_training_stream(setup, tmp_path):
     """The recipe path: cached sums attached, truncated as the stream truncates, and carried
-    by ``recipes.batch_stream`` batches to exactly the slots they belong to."""
-    from fbjax import recipes
-    from fbjax.config import ExperimentConfig, TrainConfig
+    by ``fbjax.train.stream.batch_stream`` batches to exactly the slots they belong to."""
+    from fbjax.train.config import TrainConfig
+    from fbjax.train.stream import batch_stream
+    from tests.train.helpers import job
 
     groups, _, ref_params, _ = setup
-    train = TrainConfig(seq_len=TRUNCATION.seq_len, batch_rows=4, slots_per_row=4,
+    train = TrainConfig(seq_len=TRUNCATION.seq_len, batch=4, slots_per_row=4,
                         max_prompt_len=TRUNCATION.max_prompt_len,
                         max_completion_len=TRUNCATION.max_completion_len, logprob_chunk=CHUNK)
-    config = ExperimentConfig(name="ref", model=CFG, objective=DPO, train=train)
+    config = job(CFG, DPO, train, name="ref")
     attached = reference.for_config(config, groups, ref_params, cache_dir=tmp_path, num_rows=2,
                                     num_slots=4)
-    batch = next(recipes.batch_stream(config, attached))
+    batch = next(batch_stream(train, CFG, attached, seed=0))
     assert "ref_logps" in batch
     fn = reference._sums_fn(CFG, 4, CHUNK, None, fsh.RULES_FSDP_TP)
     direct = np.asarray(fn(ref_params, {k: v for k, v in batch.items()
