@@ -221,10 +221,12 @@ def train_stage(ctx: Run, stage: TrainStage) -> Trained:
     stage_dir = ctx.stage_dir(stage.name)
     checkpointer = checkpoint.RunCheckpointer(
         os.path.join(stage_dir, "checkpoints"), config.checkpoint,
-        experiment_config={"name": f"{config.name}/{stage.name}", "experiment": config.name,
-                           "model": to_jsonable(model), "mesh": to_jsonable(config.mesh),
-                           "stage": to_jsonable(resolved), "seed": config.seed,
-                           "init_from": config.init_from},
+        # What the stage's result depends on, and nothing else (not the experiment's name or
+        # later stages), so a finished stage directory serves any experiment that shares it.
+        experiment_config={"name": stage.name, "model": to_jsonable(model),
+                           "mesh": to_jsonable(config.mesh), "stage": to_jsonable(resolved),
+                           "seed": config.seed, "init_from": config.init_from,
+                           "start": _lineage(config, stage)},
     )
     stream = batch_stream(stage.train, model, groups, seed=config.seed, mesh=ctx.mesh)
     history_path = os.path.join(stage_dir, "history.jsonl")
@@ -247,6 +249,19 @@ def train_stage(ctx: Run, stage: TrainStage) -> Trained:
         else logged
     return Trained(model=model, params=result.state.params, history=history,
                    examples=len(groups), seconds=time.perf_counter() - t0)
+
+
+def _lineage(config: ExperimentConfig, stage: TrainStage) -> list:
+    """The configs of the stages this one's start and reference come from, recursively, so a
+    stage restored by name is known to descend from the same stages."""
+    out = []
+    for ref in filter(None, (stage.start, stage.reference)):
+        upstream = config.stage(ref)
+        entry = to_jsonable(upstream)
+        if isinstance(upstream, TrainStage):
+            entry = {"stage": entry, "start": _lineage(config, upstream)}
+        out.append(entry)
+    return out
 
 
 def _rewrite_history(path: str, upto: int) -> None:
