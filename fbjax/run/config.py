@@ -61,6 +61,7 @@ class TrainStage:
     rng) -> (model config, params)`` turns the start into what this stage trains (a reward model
     from a policy). ``adapt``: ``(objective, token groups) -> objective`` sets hyperparameters
     that depend on the data, applied once it is built and recorded with the stage.
+    ``reference_cache``: see :func:`fbjax.run.stages.caches_reference`.
     """
 
     name: str
@@ -72,6 +73,10 @@ class TrainStage:
     reference: str | None = None
     head: Callable[..., tuple[ModelConfig, Any]] | None = None
     adapt: Callable[[Objective, Sequence[Any]], Objective] | None = None
+    # Reference log-prob sums computed once per (reference, data) and carried by the batches,
+    # so the step runs no reference forward and holds no reference parameters; objectives that
+    # read per-token reference log-probs (NFT) always run the reference in the step.
+    reference_cache: bool = True
     evaluation: StageEval | None = None
     # What the stage is, for tables: its feedback family and the feedback it reads.
     family: str = ""

@@ -21,6 +21,7 @@ restored parameters.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from fbjax import sharding as fsh
 from fbjax.run import report, sim, start as startlib
 from fbjax.run.config import EvalStage, ExperimentConfig, SampleStage, StageEval, TrainStage
 from fbjax.run.overrides import dumps, to_jsonable
-from fbjax.train import loop
+from fbjax.train import loop, reference
 from fbjax.train.config import TrainJob
 from fbjax.train.stream import batch_stream
 
@@ -228,6 +229,12 @@ def train_stage(ctx: Run, stage: TrainStage) -> Trained:
                            "seed": config.seed, "init_from": config.init_from,
                            "start": _lineage(config, stage)},
     )
+    needs_reference = objective.needs_reference and stage.head is None
+    if needs_reference and stage.reference_cache and caches_reference(objective):
+        groups = reference.for_config(
+            job, groups, reference, cache_dir=os.path.join(ctx.workdir, "reference_cache"),
+            num_rows=stage.train.batch, num_slots=stage.train.slots_per_row, mesh=ctx.mesh,
+            rules=config.mesh.rules)
     stream = batch_stream(stage.train, model, groups, seed=config.seed, mesh=ctx.mesh)
     history_path = os.path.join(stage_dir, "history.jsonl")
     logged: list[dict] = []
@@ -239,7 +246,6 @@ def train_stage(ctx: Run, stage: TrainStage) -> Trained:
                 f.write(json.dumps(values) + "\n")
 
     t0 = time.perf_counter()
-    needs_reference = objective.needs_reference and stage.head is None
     result = loop.train(job, stream, params, mesh=ctx.mesh,
                         reference_params=reference if needs_reference else None,
                         workdir=stage_dir, progress=ctx.progress, desc=stage.name,
@@ -262,6 +268,15 @@ def _lineage(config: ExperimentConfig, stage: TrainStage) -> list:
             entry = {"stage": entry, "start": _lineage(config, upstream)}
         out.append(entry)
     return out
+
+
+def caches_reference(objective) -> bool:
+    """Whether ``objective`` reads the reference only through per-completion log-prob sums,
+    which a cache computed once can supply (``fbjax.train.reference``)."""
+    names = [p.name for p in inspect.signature(objective.loss).parameters.values()
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    reads = [n for n in names if n.startswith(("ref_", "old_"))]
+    return not objective.reads_reference and all("token" not in n for n in reads)
 
 
 def _rewrite_history(path: str, upto: int) -> None:
