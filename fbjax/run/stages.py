@@ -36,7 +36,8 @@ from fbjax import sharding as fsh
 from fbjax.run import report, sim, start as startlib
 from fbjax.run.config import EvalStage, ExperimentConfig, SampleStage, StageEval, TrainStage
 from fbjax.run.overrides import dumps, to_jsonable
-from fbjax.train import loop, reference
+from fbjax.train import loop
+from fbjax.train import reference as refcache
 from fbjax.train.config import TrainJob
 from fbjax.train.stream import batch_stream
 
@@ -231,7 +232,7 @@ def train_stage(ctx: Run, stage: TrainStage) -> Trained:
     )
     needs_reference = objective.needs_reference and stage.head is None
     if needs_reference and stage.reference_cache and caches_reference(objective):
-        groups = reference.for_config(
+        groups = refcache.for_config(
             job, groups, reference, cache_dir=os.path.join(ctx.workdir, "reference_cache"),
             num_rows=stage.train.batch, num_slots=stage.train.slots_per_row, mesh=ctx.mesh,
             rules=config.mesh.rules)
