@@ -36,7 +36,7 @@ from fbjax.data import examples as ex
 from fbjax.data.packing import Group
 from fbjax.models import config as mc
 from fbjax.objectives import binary
-from fbjax.tokenizer import ChatTemplate
+from fbjax.data.chat import ChatTemplate
 from fbjax.train.objective import Objective
 from fbjax.train.optim import OptimizerConfig
 

@@ -28,7 +28,7 @@ from fbjax.models import io as model_io
 from fbjax.models.config import ModelConfig
 from fbjax.models.decoder import Decoder
 from fbjax.models.hf import check_sequence_length
-from fbjax.tokenizer import check_vocab, save_tokenizer
+from fbjax.tokenizers import check_vocab, save_tokenizer
 from fbjax.train import loop
 from fbjax.train.reference import Truncation
 from fbjax.train import step as steplib

@@ -22,10 +22,10 @@ import pytest
 from fbjax import recipes
 from fbjax import sharding as fsh
 from fbjax.data.templates import Segment, render
-from fbjax.hf_tokenizer import HFTokenizer
+from fbjax.tokenizers import HFTokenizer
 from fbjax.models import hf, io
 from fbjax.models.decoder import Decoder, logits
-from fbjax.tokenizer import load_tokenizer, save_tokenizer
+from fbjax.tokenizers import load_tokenizer, save_tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 HH_TEST = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"

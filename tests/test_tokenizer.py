@@ -1,4 +1,5 @@
-"""Tests for fbjax.tokenizer: training, special ids, added tokens, chat templates, the CLI."""
+"""Tests for fbjax.tokenizers (sentencepiece) and fbjax.data.chat: training, special ids, added
+tokens, chat templates, the CLI."""
 
 import dataclasses
 import io
@@ -12,17 +13,12 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
+from fbjax.data.chat import GEMMA, LLAMA2, PLAIN, ChatTemplate, get_chat_template, render_chat
 from fbjax.data.templates import Segment, render
-from fbjax.tokenizer import (
-    GEMMA,
-    LLAMA2,
-    PLAIN,
-    ChatTemplate,
-    Tokenizer,
+from fbjax.tokenizers import (
+    SentencePieceTokenizer as Tokenizer,
     check_vocab,
-    get_chat_template,
     load_tokenizer,
-    render_chat,
     save_tokenizer,
     train_sentencepiece,
 )
@@ -105,7 +101,7 @@ def test_unigram_and_bad_model_type():
 
 def test_save_load(tok, tmp_path):
     path = tmp_path / "tokenizer.model"
-    tok.save(path)
+    tok.save_model(path)
     loaded = Tokenizer.load(path)
     assert loaded == tok
     out = tmp_path / "again.model"
@@ -116,7 +112,7 @@ def test_save_load(tok, tmp_path):
 def test_added_tokens_survive_save_load(tok, tmp_path):
     t = tok.with_added_tokens(["<start_of_turn>", "<end_of_turn>"])
     path = tmp_path / "tokenizer.model"
-    t.save(path)
+    t.save_model(path)
     # The proto stays the base model (other readers see the same file); the tokens sit beside.
     assert path.read_bytes() == tok.model_proto
     assert json.loads((tmp_path / "tokenizer.model.added_tokens.json").read_text()) == {
@@ -127,7 +123,7 @@ def test_added_tokens_survive_save_load(tok, tmp_path):
         "<start_of_turn>", "<end_of_turn>", "<x>")
     assert load_tokenizer(tmp_path) == t  # a directory: its tokenizer.model
     # Saving a tokenizer without added tokens over it removes the stale list.
-    tok.save(path)
+    tok.save_model(path)
     assert not (tmp_path / "tokenizer.model.added_tokens.json").exists()
     assert Tokenizer.load(path) == tok
     (tmp_path / "tokenizer.model.added_tokens.json").write_text('{"added_tokens": "<x>"}')

@@ -47,8 +47,15 @@ def prompt_ids(tokenizer, text: str) -> np.ndarray:
 
 
 def completion_ids(tokenizer, text: str) -> np.ndarray:
-    """The completion's tokens followed by EOS (trained: predicting EOS is how a model stops)."""
-    return np.concatenate([_ids(tokenizer, text), [tokenizer.eos_id]]).astype(np.int32)
+    """The completion's tokens followed by EOS (trained: predicting EOS is how a model stops).
+
+    A completion whose text already ends with the EOS token (a chat template whose end-of-turn
+    marker is the EOS, e.g. ChatML's ``<|im_end|>`` for Qwen2-Instruct) gets no second one.
+    """
+    ids = _ids(tokenizer, text)
+    if ids.size and ids[-1] == tokenizer.eos_id:
+        return ids
+    return np.concatenate([ids, [tokenizer.eos_id]]).astype(np.int32)
 
 
 def from_segments(segments: Sequence[Segment], tokenizer) -> Group:
