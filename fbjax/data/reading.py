@@ -306,32 +306,55 @@ def _decode_line(file: str, line_no: int, raw: bytes) -> Any:
     return record
 
 
+_COMPRESSED = (".gz", ".xz", ".lzma", ".bz2")
+
+
+def stream_damage(path: PathLike) -> tuple[int, str] | None:
+    """``(line, detail)`` where a compressed file stops decompressing, or None when it is whole.
+
+    A damaged stream is only detected when it is read to its end (the gzip CRC covers the whole
+    file), and a flipped byte can first garble records that still parse. So a compressed file is
+    checked in full before any of its records is used.
+    """
+    lines = 0
+    try:
+        with open_binary(path) as f:
+            for _ in f:
+                lines += 1
+    except FileNotFoundError:
+        raise
+    except _DECOMPRESSION_ERRORS as e:
+        return lines + 1, f"{type(e).__name__}: {e}"
+    return None
+
+
 def iter_json_lines(path: PathLike) -> Iterator[tuple[int, Any]]:
     """Yields ``(line_number, record_or_Problem)`` for each non-blank line of a JSONL file.
 
     Decoding problems (invalid UTF-8, invalid JSON, a non-object line) come back as ``Problem``
     values rather than exceptions so the caller's policy decides what happens. So do the two
     problems of a whole file: a damaged compressed stream (``corrupt_file`` at the line where
-    reading stopped; nothing after it can be read) and a file with no record at all
-    (``empty_file``, line 0), which would otherwise read as a silent 0 examples.
+    decompression fails; *no* record of the file is used, since any of them may be garbled)
+    and a file with no record at all (``empty_file``, line 0), which would otherwise read as a
+    silent 0 examples.
     """
     file = str(path)
-    line_no, seen = 0, False
-    try:
-        with open_binary(path) as f:
-            for line_no, raw in enumerate(f, start=1):
-                if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]
-                if not raw.strip():
-                    continue
-                seen = True
-                yield line_no, _decode_line(file, line_no, raw)
-    except FileNotFoundError:
-        raise
-    except _DECOMPRESSION_ERRORS as e:
-        detail = f"cannot read past this point ({type(e).__name__}: {e})"
-        yield line_no + 1, Problem(file, line_no + 1, CORRUPT_FILE, detail)
-        return
+    if file.endswith(_COMPRESSED):
+        damage = stream_damage(path)
+        if damage is not None:
+            line, detail = damage
+            yield line, Problem(file, line, CORRUPT_FILE,
+                                f"damaged compressed file, none of its records is used ({detail})")
+            return
+    seen = False
+    with open_binary(path) as f:
+        for line_no, raw in enumerate(f, start=1):
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            seen = True
+            yield line_no, _decode_line(file, line_no, raw)
     if not seen:
         yield 0, Problem(file, 0, EMPTY_FILE, "the file holds no records (empty or blank)")
 
