@@ -312,3 +312,41 @@ def test_cli_missing_file_is_named(tmp_path):
     bad.write_text('{"prompt": "x"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:1: no string field 'text'"):
         list(train_tokenizer.read_texts([str(bad)], ["text"]))
+
+
+# ---------------------------------------------------------------- one protocol, two kinds
+
+
+def _hf_tokenizer():
+    from fbjax.tokenizers import HFTokenizer
+    from tests.test_paper_path import train_byte_bpe
+
+    bos, eos = "<|begin_of_text|>", "<|end_of_text|>"
+    return HFTokenizer(train_byte_bpe(_corpus(50), 300, [bos, eos]), bos=bos, eos=eos)
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "tokenizer_json"])
+def test_both_kinds_handle_special_tokens_in_text_alike(tok, kind):
+    from fbjax.tokenizers import Tokenizer as TokenizerProtocol
+
+    t = (tok if kind == "sentencepiece" else _hf_tokenizer()).with_added_tokens(["<|ok|>"])
+    assert isinstance(t, TokenizerProtocol)
+    bos, eos, good = t.id_to_token(t.bos_id), t.id_to_token(t.eos_id), "<|ok|>"
+    text = f"a{bos}b{eos}c{good}d"
+    # Each special string in text is its one id, whichever kind of tokenizer reads it ...
+    assert t.encode(text) == [*t.encode("a"), t.bos_id, *t.encode("b"), t.eos_id,
+                              *t.encode("c"), t.token_to_id(good), *t.encode("d")]
+    assert t.encode(text, add_bos=True, add_eos=True) == [t.bos_id, *t.encode(text), t.eos_id]
+    # ... decoding drops BOS/EOS/PAD unless asked to keep them, and keeps added tokens.
+    assert t.decode(t.encode(text)) == f"abc{good}d"
+    assert t.decode(t.encode(text), skip_control=False) == text
+    assert t.control_ids == {t.bos_id, t.eos_id, t.pad_id}
+    assert t.token_to_id(good) == t.base_vocab_size == t.vocab_size - 1
+
+
+def test_tokenizers_import_nothing_from_fbjax_data():
+    code = ("import sys, fbjax.tokenizers; "
+            "print(sorted(m for m in sys.modules if m.startswith('fbjax.data')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         check=True)
+    assert out.stdout.strip() == "[]"
