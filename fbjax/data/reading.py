@@ -138,7 +138,7 @@ class MissingFilesError(FileNotFoundError):
         return self.args[0]
 
     @classmethod
-    def merge(cls, errors: Sequence["MissingFilesError"]) -> "MissingFilesError":
+    def merge(cls, errors: Sequence[MissingFilesError]) -> MissingFilesError:
         """One error for several sources, so a user sees every missing file at once."""
         if len(errors) == 1:
             return errors[0]

@@ -48,7 +48,6 @@ DOMAINS = (
     "legaladvice",
 )  # fmt: skip
 SPLIT_FILES = {"train": "train.json", "validation": "validation.json", "test": "test.json"}
-URL_TEMPLATE = "https://huggingface.co/datasets/stanfordnlp/SHP/resolve/main/{domain}/{file}"
 
 
 def pair_weight(score_ratio: float, weighting: str) -> float:
@@ -157,12 +156,6 @@ class FbjaxShp(FeedbackBuilder):
 
     def manual_files(self, config):
         return {split: [f"*/{file}"] for split, file in SPLIT_FILES.items()}
-
-    def download_urls(self, config):
-        return {
-            split: [URL_TEMPLATE.format(domain=d, file=file) for d in DOMAINS]
-            for split, file in SPLIT_FILES.items()
-        }
 
     def read_split(self, split, paths: Sequence[Path], tally):
         return iter_shp(paths, tally, weighting=self.builder_config.options["weighting"])

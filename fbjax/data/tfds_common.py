@@ -6,7 +6,7 @@ build nor to read: ``builder.as_data_source()`` gives random-access sources that
 back as ``bytes``) into the typed example again.
 
 A builder subclass says which original files each split reads (relative paths under the
-manual directory, and download URLs for machines with internet) and how to read them; the
+manual directory) and how to read them; the
 base class turns that into TFDS splits and keeps each split's ``ReadReport`` in
 ``builder.reports`` after ``download_and_prepare``.
 """
@@ -168,11 +168,10 @@ class FeedbackBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     ``MANUAL_DOWNLOAD_INSTRUCTIONS`` and implement:
 
     * ``manual_files(config) -> {split: [relative path or glob under manual_dir]}``
-    * ``download_urls(config) -> {split: [url]}``
     * ``read_split(split, paths, tally) -> Iterator[Example]``
 
-    Files are read from ``manual_dir`` only (``download_urls`` says where the release lives,
-    for error messages and users); a builder never downloads, so a run is offline by design.
+    Files are read from ``manual_dir`` only; a builder never downloads (``HOMEPAGE`` and
+    ``MANUAL_DOWNLOAD_INSTRUCTIONS`` tell a user where the release lives), so runs are offline.
     Prepare with :func:`prepare`, which also keeps TFDS from looking for prebuilt data on GCS.
     """
 
@@ -198,9 +197,6 @@ class FeedbackBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # ---- subclass hooks ----
 
     def manual_files(self, config: FeedbackConfig) -> SplitFiles:
-        raise NotImplementedError
-
-    def download_urls(self, config: FeedbackConfig) -> SplitFiles:
         raise NotImplementedError
 
     def read_split(self, split: str, paths: Sequence[Path], tally: Tally) -> Iterator[ex.Example]:

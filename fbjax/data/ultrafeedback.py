@@ -71,7 +71,6 @@ ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 SCORE_FIELDS = ("fine-grained_score", "overall_score", "mean_rating")
 VIEWS = ("paired", "binary", "feedback")
 SOURCE_FILES = ("evol_instruct", "false_qa", "flan", "sharegpt", "truthful_qa", "ultrachat")
-URL_TEMPLATE = "https://huggingface.co/datasets/openbmb/UltraFeedback/resolve/main/{name}.jsonl"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,9 +360,6 @@ class FbjaxUltrafeedback(FeedbackBuilder):
 
     def manual_files(self, config):
         return {"train": ["*.jsonl"]}
-
-    def download_urls(self, config):
-        return {"train": [URL_TEMPLATE.format(name=n) for n in SOURCE_FILES]}
 
     def read_split(self, split, paths: Sequence[Path], tally):
         return iter_ultrafeedback(paths, tally, view=self.builder_config.options["view"])

@@ -22,7 +22,6 @@ character) and the concatenation of separately encoded segments decodes to the c
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -30,7 +29,6 @@ import re
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
-
 
 # Beside a saved ``tokenizer.model``: the tokens :meth:`Tokenizer.with_added_tokens` appended.
 ADDED_TOKENS_SUFFIX = ".added_tokens.json"
@@ -110,7 +108,7 @@ class SentencePieceTokenizer:
     # ---------------------------------------------------------------- construction
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, added_tokens: Sequence[str] = ()) -> "SentencePieceTokenizer":
+    def load(cls, path: str | os.PathLike, *, added_tokens: Sequence[str] = ()) -> SentencePieceTokenizer:
         """Loads a ``tokenizer.model`` file (Llama/Gemma style sentencepiece proto).
 
         Added tokens that :meth:`save` recorded beside it (``<path>.added_tokens.json``) come
@@ -127,7 +125,7 @@ class SentencePieceTokenizer:
         except ValueError as e:
             raise ValueError(f"cannot load tokenizer from {path}: {e}") from e
 
-    def with_added_tokens(self, tokens: Iterable[str]) -> "SentencePieceTokenizer":
+    def with_added_tokens(self, tokens: Iterable[str]) -> SentencePieceTokenizer:
         """Returns a tokenizer with ``tokens`` appended after the vocabulary (existing ones kept).
 
         Tokens the tokenizer already maps to a single id (base pieces or earlier added tokens)

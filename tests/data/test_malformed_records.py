@@ -13,7 +13,6 @@ import copy
 import gzip
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -98,8 +97,8 @@ RECORD_CASES = {
                            "prompt_mismatch"),
     "hh_identical": ("hh", _hh("\n\nHuman: a\n\nAssistant: x", "\n\nHuman: a\n\nAssistant: x"),
                      "identical_completions"),
-    "hh_lone_surrogate": ("hh", '{"chosen": "\\n\\nHuman: a\\n\\nAssistant: \\ud800", '
-                                '"rejected": "\\n\\nHuman: a\\n\\nAssistant: y"}', "non_utf8"),
+    "hh_lone_surrogate": ("hh", ('{"chosen": "\\n\\nHuman: a\\n\\nAssistant: \\ud800", '
+                                 '"rejected": "\\n\\nHuman: a\\n\\nAssistant: y"}'), "non_utf8"),
     # UltraFeedback scores: outside the documented ranges or not numbers
     "uf_score_nan": ("uf", json.dumps(_uf(**{"fine-grained_score": math.nan})), "bad_score"),
     "uf_score_infinity": ("uf", json.dumps(_uf(**{"fine-grained_score": math.inf})), "bad_score"),
@@ -110,7 +109,7 @@ RECORD_CASES = {
     "uf_score_minus_1e308": ("uf", _uf(**{"fine-grained_score": -1e308}), "bad_score"),
     "uf_score_zero": ("uf", _uf(**{"fine-grained_score": 0.0}), "bad_score"),
     "uf_score_bool": ("uf", _uf(**{"fine-grained_score": True}), "bad_score"),
-    "uf_overall_11": ("uf", _uf(**{"overall_score": 11.0}), "bad_score"),
+    "uf_overall_11": ("uf", _uf(overall_score=11.0), "bad_score"),
     "uf_overall_nan": ("uf", json.dumps(_uf(overall_score=math.nan)), "bad_score"),
     "uf_rating_6": ("uf", _uf_rating("6"), "bad_score"),
     "uf_rating_word": ("uf", _uf_rating("excellent"), "bad_score"),
