@@ -39,7 +39,7 @@ from fbjax.run.config import (
     StageEval,
     TrainStage,
 )
-from fbjax.tokenizer import ChatTemplate
+from fbjax.data.chat import ChatTemplate
 from fbjax.train import presets
 from fbjax.train.config import TrainConfig
 from fbjax.train.objective import Objective
@@ -92,7 +92,7 @@ MESH_FSDP = fsh.MeshConfig(shape=(1, -1, 1), rules=fsh.RULES_FSDP)
 MESH_FSDP_TP4 = fsh.MeshConfig(shape=(1, -1, 4), rules=fsh.RULES_FSDP_TP)
 MESH_FSDP_TP8 = fsh.MeshConfig(shape=(1, -1, 8), rules=fsh.RULES_FSDP_TP)
 
-# Chat templates the papers' base models were tuned with (not in fbjax.tokenizer's table).
+# Chat templates the papers' base models were tuned with (not in fbjax.data.chat's table).
 ZEPHYR = ChatTemplate(name="zephyr", user_prefix="<|user|>\n", user_suffix="</s>\n",
                       assistant_prefix="<|assistant|>\n", system_prefix="<|system|>\n",
                       system_suffix="</s>\n")

@@ -33,7 +33,7 @@ import dataclasses
 from experiments import bco_jung2024, common
 from fbjax.data import sources
 from fbjax.run import sim_feedback
-from fbjax.tokenizer import GEMMA
+from fbjax.data.chat import GEMMA
 from fbjax.train import presets
 
 VARIANTS = common.VARIANTS

@@ -58,7 +58,7 @@ def _locate(path: str | os.PathLike) -> tuple[str, str]:
 
 
 def _tokenizer_path(workdir: str) -> str | None:
-    from fbjax.hf_tokenizer import TOKENIZER_FILE as HF_TOKENIZER_FILE
+    from fbjax.tokenizers import TOKENIZER_FILE as HF_TOKENIZER_FILE
 
     for name in (TOKENIZER_FILE, HF_TOKENIZER_FILE):
         path = os.path.join(workdir, name)
@@ -250,7 +250,7 @@ def load_policy(
     given ones) - any mesh, not only the training one; None puts everything on one device.
     ``reference=True`` restores the saved reference (``ref_params``) instead of the policy.
     """
-    from fbjax import tokenizer as tok
+    from fbjax import tokenizers as tok
 
     root, workdir = _locate(ckpt_dir)
     status = ck.step_status(root)
@@ -485,7 +485,7 @@ def export_hf(
     files = hf.save_hf(out_dir, policy.model_config, policy.params,
                        max_shard_size=max_shard_size, extra_config=extra)
     if policy.tokenizer is not None:
-        from fbjax.tokenizer import save_tokenizer
+        from fbjax.tokenizers import save_tokenizer
 
         files.append(os.path.basename(save_tokenizer(policy.tokenizer, out_dir)))
     return files

@@ -25,7 +25,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fbjax"
 
 LAYERS = (
     ("objectives", "sharding", "distributed", "checkpoint"),
-    ("models", "tokenizers", "tokenizer", "hf_tokenizer"),
+    ("models", "tokenizers"),
     ("data",),
     ("sim",),
     ("train", "sampling"),

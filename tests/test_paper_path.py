@@ -22,12 +22,11 @@ import pytest
 
 from fbjax import sharding as fsh
 from fbjax.data.templates import Segment, render
-from fbjax.hf_tokenizer import HFTokenizer
 from fbjax.models import checkpoints, hf, io
 from fbjax.models.decoder import Decoder, logits
 from fbjax.run import stages, start as startlib
 from fbjax.run.config import ModelSettings
-from fbjax.tokenizer import load_tokenizer, save_tokenizer
+from fbjax.tokenizers import HFTokenizer, load_tokenizer, save_tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 HH_TEST = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"

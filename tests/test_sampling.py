@@ -278,7 +278,7 @@ def test_mesh_sharded_generation_matches_single_device():
 
 
 class CharTokenizer:
-    """Duck-typed stand-in for fbjax.tokenizer: token id i <-> chr(ord('A') + i)."""
+    """Duck-typed stand-in for an fbjax tokenizer: token id i <-> chr(ord('A') + i)."""
 
     bos_id = 1
     eos_id = 2

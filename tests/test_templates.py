@@ -12,7 +12,7 @@ import pytest
 
 from fbjax.data import templates as T
 from fbjax.data.templates import Segment, render
-from fbjax.tokenizer import train_sentencepiece
+from fbjax.tokenizers import train_sentencepiece
 
 SYMBOLS = ("<|good|>", "<|bad|>")
 TEXTS = [

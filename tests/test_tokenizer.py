@@ -1,4 +1,5 @@
-"""Tests for fbjax.tokenizer: training, special ids, added tokens, chat templates, the CLI."""
+"""Tests for fbjax.tokenizers (sentencepiece) and fbjax.data.chat: training, special ids, added
+tokens, chat templates, the CLI."""
 
 import dataclasses
 import io
@@ -12,17 +13,12 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
+from fbjax.data.chat import GEMMA, LLAMA2, PLAIN, ChatTemplate, get_chat_template, render_chat
 from fbjax.data.templates import Segment, render
-from fbjax.tokenizer import (
-    GEMMA,
-    LLAMA2,
-    PLAIN,
-    ChatTemplate,
-    Tokenizer,
+from fbjax.tokenizers import (
+    SentencePieceTokenizer as Tokenizer,
     check_vocab,
-    get_chat_template,
     load_tokenizer,
-    render_chat,
     save_tokenizer,
     train_sentencepiece,
 )
@@ -105,7 +101,7 @@ def test_unigram_and_bad_model_type():
 
 def test_save_load(tok, tmp_path):
     path = tmp_path / "tokenizer.model"
-    tok.save(path)
+    tok.save_model(path)
     loaded = Tokenizer.load(path)
     assert loaded == tok
     out = tmp_path / "again.model"
@@ -116,7 +112,7 @@ def test_save_load(tok, tmp_path):
 def test_added_tokens_survive_save_load(tok, tmp_path):
     t = tok.with_added_tokens(["<start_of_turn>", "<end_of_turn>"])
     path = tmp_path / "tokenizer.model"
-    t.save(path)
+    t.save_model(path)
     # The proto stays the base model (other readers see the same file); the tokens sit beside.
     assert path.read_bytes() == tok.model_proto
     assert json.loads((tmp_path / "tokenizer.model.added_tokens.json").read_text()) == {
@@ -127,7 +123,7 @@ def test_added_tokens_survive_save_load(tok, tmp_path):
         "<start_of_turn>", "<end_of_turn>", "<x>")
     assert load_tokenizer(tmp_path) == t  # a directory: its tokenizer.model
     # Saving a tokenizer without added tokens over it removes the stale list.
-    tok.save(path)
+    tok.save_model(path)
     assert not (tmp_path / "tokenizer.model.added_tokens.json").exists()
     assert Tokenizer.load(path) == tok
     (tmp_path / "tokenizer.model.added_tokens.json").write_text('{"added_tokens": "<x>"}')
@@ -316,3 +312,41 @@ def test_cli_missing_file_is_named(tmp_path):
     bad.write_text('{"prompt": "x"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:1: no string field 'text'"):
         list(train_tokenizer.read_texts([str(bad)], ["text"]))
+
+
+# ---------------------------------------------------------------- one protocol, two kinds
+
+
+def _hf_tokenizer():
+    from fbjax.tokenizers import HFTokenizer
+    from tests.test_paper_path import train_byte_bpe
+
+    bos, eos = "<|begin_of_text|>", "<|end_of_text|>"
+    return HFTokenizer(train_byte_bpe(_corpus(50), 300, [bos, eos]), bos=bos, eos=eos)
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "tokenizer_json"])
+def test_both_kinds_handle_special_tokens_in_text_alike(tok, kind):
+    from fbjax.tokenizers import Tokenizer as TokenizerProtocol
+
+    t = (tok if kind == "sentencepiece" else _hf_tokenizer()).with_added_tokens(["<|ok|>"])
+    assert isinstance(t, TokenizerProtocol)
+    bos, eos, good = t.id_to_token(t.bos_id), t.id_to_token(t.eos_id), "<|ok|>"
+    text = f"a{bos}b{eos}c{good}d"
+    # Each special string in text is its one id, whichever kind of tokenizer reads it ...
+    assert t.encode(text) == [*t.encode("a"), t.bos_id, *t.encode("b"), t.eos_id,
+                              *t.encode("c"), t.token_to_id(good), *t.encode("d")]
+    assert t.encode(text, add_bos=True, add_eos=True) == [t.bos_id, *t.encode(text), t.eos_id]
+    # ... decoding drops BOS/EOS/PAD unless asked to keep them, and keeps added tokens.
+    assert t.decode(t.encode(text)) == f"abc{good}d"
+    assert t.decode(t.encode(text), skip_control=False) == text
+    assert t.control_ids == {t.bos_id, t.eos_id, t.pad_id}
+    assert t.token_to_id(good) == t.base_vocab_size == t.vocab_size - 1
+
+
+def test_tokenizers_import_nothing_from_fbjax_data():
+    code = ("import sys, fbjax.tokenizers; "
+            "print(sorted(m for m in sys.modules if m.startswith('fbjax.data')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         check=True)
+    assert out.stdout.strip() == "[]"

@@ -63,7 +63,7 @@ from fbjax.train import presets  # noqa: E402
 from fbjax.train import step as steplib  # noqa: E402
 from fbjax.train.optim import OptimizerConfig, make_optimizer  # noqa: E402
 
-EOS, PAD = 1, 0  # fbjax.tokenizer's special ids
+EOS, PAD = 1, 0  # fbjax.tokenizers' special ids
 
 
 def cut(group: packing.Group, max_len: int) -> packing.Group:

@@ -45,7 +45,7 @@ from fbjax.data import encode, packing  # noqa: E402
 from fbjax.data.examples import render_transcript  # noqa: E402
 from fbjax.data.hh_rlhf import read_hh_rlhf  # noqa: E402
 from fbjax.data.reading import ReadConfig  # noqa: E402
-from fbjax.tokenizer import Tokenizer, train_sentencepiece  # noqa: E402
+from fbjax.tokenizers import SentencePieceTokenizer as Tokenizer, train_sentencepiece  # noqa: E402
 
 TOKEN_KEYS = ("tokens", "positions", "segment_ids", "branch_ids", "predictor", "loss_mask",
               "slot_ids")

@@ -5,7 +5,7 @@
 
 ``.txt`` files: one text per non-empty line. ``.jsonl`` files: one JSON object per line, each
 ``--field`` (default ``text``) giving a string to train on. Training is deterministic and uses
-byte fallback, so the resulting model encodes any text (see ``fbjax.tokenizer``).
+byte fallback, so the resulting model encodes any text (see ``fbjax.tokenizers``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 # Runnable as a script from a checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fbjax.tokenizer import train_sentencepiece  # noqa: E402
+from fbjax.tokenizers import train_sentencepiece  # noqa: E402
 
 
 def read_texts(paths: Sequence[str], fields: Sequence[str]) -> Iterator[str]:

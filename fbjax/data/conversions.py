@@ -12,6 +12,8 @@ first, so the result does not depend on sort stability of the caller's data.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -76,6 +78,7 @@ def rating_to_thumb(
     ``[down_below, threshold)`` are too ambiguous to label: the function returns ``None``.
     Without it every rating gets a label.
     """
+    _check_finite([rating], "rating")
     if down_below is not None and down_below > threshold:
         raise ValueError(f"down_below ({down_below}) must be <= threshold ({threshold})")
     lower = threshold if down_below is None else down_below
@@ -88,8 +91,17 @@ def rating_to_thumb(
     return BinaryExample(prompt, completion, label, _derived(meta, "rating", rating=float(rating)))
 
 
+def _check_finite(values: Sequence[float], what: str) -> None:
+    # NaN compares false with everything, so a sort would put it anywhere (even first, i.e.
+    # "chosen") and a margin test against it never fails: reject it before ordering.
+    bad = [v for v in values if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"{what} must be finite numbers, got {bad[:3]}")
+
+
 def _ordered(scores: Sequence[float]) -> list[int]:
     # Best first; ties keep input order (sorted() is stable).
+    _check_finite(scores, "scores")
     return sorted(range(len(scores)), key=lambda i: -scores[i])
 
 

@@ -16,6 +16,8 @@ from fbjax.data.packing import Group
 from fbjax.data.templates import Segment, render
 
 PromptRenderer = Callable[[ex.Prompt], str]
+# (prompt, completion) -> the completion's text as it follows the rendered prompt.
+CompletionRenderer = Callable[[ex.Prompt, str], str]
 
 
 def default_prompt_text(prompt: ex.Prompt) -> str:
@@ -24,6 +26,15 @@ def default_prompt_text(prompt: ex.Prompt) -> str:
     if len(prompt) == 1 and prompt[0][0] == ex.USER:
         return prompt[0][1]
     return ex.render_transcript(prompt)
+
+
+def default_completion_text(prompt: ex.Prompt, completion: str) -> str:
+    """What follows :func:`default_prompt_text`: after a lone user turn the completion verbatim;
+    after a transcript's open ``"Assistant:"`` one space, then the completion (the released
+    HH-RLHF form; ``fbjax.data.examples.transcript_reply``)."""
+    if len(prompt) == 1 and prompt[0][0] == ex.USER:
+        return completion
+    return ex.transcript_reply(completion)
 
 
 def _ids(tokenizer, text: str) -> np.ndarray:
@@ -36,8 +47,15 @@ def prompt_ids(tokenizer, text: str) -> np.ndarray:
 
 
 def completion_ids(tokenizer, text: str) -> np.ndarray:
-    """The completion's tokens followed by EOS (trained: predicting EOS is how a model stops)."""
-    return np.concatenate([_ids(tokenizer, text), [tokenizer.eos_id]]).astype(np.int32)
+    """The completion's tokens followed by EOS (trained: predicting EOS is how a model stops).
+
+    A completion whose text already ends with the EOS token (a chat template whose end-of-turn
+    marker is the EOS, e.g. ChatML's ``<|im_end|>`` for Qwen2-Instruct) gets no second one.
+    """
+    ids = _ids(tokenizer, text)
+    if ids.size and ids[-1] == tokenizer.eos_id:
+        return ids
+    return np.concatenate([ids, [tokenizer.eos_id]]).astype(np.int32)
 
 
 def from_segments(segments: Sequence[Segment], tokenizer) -> Group:
@@ -59,13 +77,18 @@ def sft(pairs: Sequence[tuple[str, str]], tokenizer) -> list[Group]:
 
 
 def paired(
-    data: Sequence[ex.PairedExample], tokenizer, *, prompt_text: PromptRenderer = default_prompt_text
+    data: Sequence[ex.PairedExample],
+    tokenizer,
+    *,
+    prompt_text: PromptRenderer = default_prompt_text,
+    completion_text: CompletionRenderer = default_completion_text,
 ) -> list[Group]:
     """Preference pairs: completions (chosen, rejected); slot field ``weights`` = pair weight."""
     return [
         Group(
             prompt_ids(tokenizer, prompt_text(e.prompt)),
-            (completion_ids(tokenizer, e.chosen), completion_ids(tokenizer, e.rejected)),
+            (completion_ids(tokenizer, completion_text(e.prompt, e.chosen)),
+             completion_ids(tokenizer, completion_text(e.prompt, e.rejected))),
             {"weights": (e.weight, e.weight)},
         )
         for e in data
@@ -78,6 +101,7 @@ def unpaired(
     *,
     kl_offset: int | None = 1,
     prompt_text: PromptRenderer = default_prompt_text,
+    completion_text: CompletionRenderer = default_completion_text,
 ) -> list[Group]:
     """Thumbs up/down examples, each with KTO's mismatched completion in the same group.
 
@@ -89,21 +113,28 @@ def unpaired(
     groups = []
     for i, e in enumerate(data):
         prompt = prompt_ids(tokenizer, prompt_text(e.prompt))
-        comp = completion_ids(tokenizer, e.completion)
+        comp = completion_ids(tokenizer, completion_text(e.prompt, e.completion))
         label = 1.0 if e.label else 0.0
         if kl_offset is None or n < 2:
             groups.append(Group(prompt, (comp,), {"labels": (label,), "is_kl": (0.0,)}))
             continue
-        other = completion_ids(tokenizer, data[(i + kl_offset) % n].completion)
+        # The mismatched completion follows i's prompt, so it is rendered for that prompt.
+        other = completion_ids(
+            tokenizer, completion_text(e.prompt, data[(i + kl_offset) % n].completion))
         groups.append(Group(prompt, (comp, other), {"labels": (label, 0.0), "is_kl": (0.0, 1.0)}))
     return groups
 
 
 def negative(
-    data: Sequence[ex.NegativeExample], tokenizer, *, prompt_text: PromptRenderer = default_prompt_text
+    data: Sequence[ex.NegativeExample],
+    tokenizer,
+    *,
+    prompt_text: PromptRenderer = default_prompt_text,
+    completion_text: CompletionRenderer = default_completion_text,
 ) -> list[Group]:
     """Negative-only examples: one completion each."""
     return [
-        Group(prompt_ids(tokenizer, prompt_text(e.prompt)), (completion_ids(tokenizer, e.completion),))
+        Group(prompt_ids(tokenizer, prompt_text(e.prompt)),
+              (completion_ids(tokenizer, completion_text(e.prompt, e.completion)),))
         for e in data
     ]

@@ -79,6 +79,11 @@ def render_transcript(prompt: Prompt) -> str:
     return "".join(parts) + "\n\nAssistant:"
 
 
+def transcript_reply(text: str) -> str:
+    """A reply as it follows :func:`render_transcript`'s open ``"Assistant:"``: after one space."""
+    return " " + text
+
+
 def parse_transcript(text: str) -> tuple[Turn, ...]:
     """Splits an HH-RLHF transcript into (role, text) turns, in order.
 

@@ -38,9 +38,6 @@ from fbjax.data.tfds_common import FeedbackBuilder, FeedbackConfig
 SOURCE = "hh_rlhf"
 SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
 SPLITS = ("train", "test")
-URL_TEMPLATE = (
-    "https://huggingface.co/datasets/Anthropic/hh-rlhf/resolve/main/{subset}/{split}.jsonl.gz"
-)
 
 _MARKER = "\n\nAssistant:"
 
@@ -141,10 +138,6 @@ class FbjaxHhRlhf(FeedbackBuilder):
     def manual_files(self, config):
         subset = config.options["subset"]
         return {split: [f"{subset}/{split}.jsonl.gz"] for split in SPLITS}
-
-    def download_urls(self, config):
-        subset = config.options["subset"]
-        return {split: [URL_TEMPLATE.format(subset=subset, split=split)] for split in SPLITS}
 
     def read_split(self, split, paths: Sequence[Path], tally):
         return iter_hh_rlhf(paths, tally, subset=self.builder_config.options["subset"])

@@ -12,6 +12,7 @@ from fbjax.data.packing import Group
 def ranked_groups(
     data: Sequence[ex.RankedExample], tokenizer, *, size: int,
     prompt_text: encode.PromptRenderer = encode.default_prompt_text,
+    completion_text: encode.CompletionRenderer = encode.default_completion_text,
 ) -> list[Group]:
     """Ranked lists as groups of exactly ``size`` completions, best first, with slot field
     ``relevance`` = the list's scores (``inputs.listwise(size)`` needs fixed-size groups).
@@ -26,7 +27,8 @@ def ranked_groups(
             continue
         groups.append(Group(
             encode.prompt_ids(tokenizer, prompt_text(e.prompt)),
-            tuple(encode.completion_ids(tokenizer, c) for c in e.completions[:size]),
+            tuple(encode.completion_ids(tokenizer, completion_text(e.prompt, c))
+                  for c in e.completions[:size]),
             {"relevance": tuple(float(s) for s in e.scores[:size])},
         ))
     return groups

@@ -189,8 +189,5 @@ class FbjaxOasst1(FeedbackBuilder):
     def manual_files(self, config):
         return {"train": [TREES_FILE]}
 
-    def download_urls(self, config):
-        return {"train": [URL]}
-
     def read_split(self, split, paths: Sequence[Path], tally):
         return iter_oasst1(paths, tally, languages=self.builder_config.options["languages"])

@@ -40,7 +40,6 @@ from fbjax.data.tfds_common import FeedbackBuilder, FeedbackConfig
 SOURCE = "pku_saferlhf"
 VIEWS = ("better", "safer", "negative")
 GENERATORS = ("Alpaca-7B", "Alpaca2-7B", "Alpaca3-8B")
-URL_TEMPLATE = "https://huggingface.co/datasets/PKU-Alignment/PKU-SafeRLHF/resolve/main/data/{gen}/{split}.jsonl"
 
 
 def _response_id(record: Mapping[str, Any], key: str) -> int:
@@ -140,12 +139,6 @@ class FbjaxPkuSaferlhf(FeedbackBuilder):
 
     def manual_files(self, config):
         return {split: [f"data/*/{split}.jsonl"] for split in ("train", "test")}
-
-    def download_urls(self, config):
-        return {
-            split: [URL_TEMPLATE.format(gen=g, split=split) for g in GENERATORS]
-            for split in ("train", "test")
-        }
 
     def read_split(self, split, paths: Sequence[Path], tally):
         return iter_pku_saferlhf(paths, tally, view=self.builder_config.options["view"])

@@ -21,12 +21,14 @@ from __future__ import annotations
 import bz2
 import collections
 import dataclasses
+import enum
 import gzip
 import json
 import logging
 import lzma
 import math
 import os
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -36,7 +38,16 @@ logger = logging.getLogger("fbjax.data")
 E = TypeVar("E")
 PathLike = str | os.PathLike
 
-ON_ERROR_CHOICES = ("raise", "skip")
+
+
+class OnError(str, enum.Enum):
+    """The bad-record policy: stop at the first malformed record, or skip and count it."""
+
+    RAISE = "raise"
+    SKIP = "skip"
+
+
+ON_ERROR_CHOICES = tuple(e.value for e in OnError)
 
 # Reasons a record is malformed; converters may add dataset-specific ones.
 BAD_JSON = "bad_json"
@@ -49,18 +60,21 @@ EMPTY_COMPLETION = "empty_completion"
 IDENTICAL_COMPLETIONS = "identical_completions"
 UNPARSEABLE_TRANSCRIPT = "unparseable_transcript"
 PROMPT_MISMATCH = "prompt_mismatch"
+# File-level problems: the rest of a corrupt file cannot be read, an empty file holds nothing.
+CORRUPT_FILE = "corrupt_file"
+EMPTY_FILE = "empty_file"
 
 
 @dataclasses.dataclass(frozen=True)
 class ReadConfig:
     """How readers treat malformed records.
 
-    on_error: ``"raise"`` stops at the first malformed record with a ``DataError``; ``"skip"``
-        drops it and counts it in the ``ReadReport``.
+    on_error: ``OnError.RAISE`` (or ``"raise"``) stops at the first malformed record with a
+        ``DataError``; ``OnError.SKIP`` (``"skip"``) drops it and counts it in the ``ReadReport``.
     max_kept_problems: how many skipped problems the report keeps verbatim (all are counted).
     """
 
-    on_error: str = "raise"
+    on_error: OnError = OnError.RAISE
     max_kept_problems: int = 20
 
     def __post_init__(self) -> None:
@@ -68,6 +82,7 @@ class ReadConfig:
             raise ValueError(
                 f"ReadConfig.on_error must be one of {ON_ERROR_CHOICES}, got {self.on_error!r}"
             )
+        object.__setattr__(self, "on_error", OnError(self.on_error))
         if self.max_kept_problems < 0:
             raise ValueError(f"max_kept_problems must be >= 0, got {self.max_kept_problems}")
 
@@ -82,7 +97,9 @@ class Problem:
     detail: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.reason}: {self.detail}"
+        # line 0: a problem of the whole file (empty, unreadable), not of one record.
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.reason}: {self.detail}"
 
 
 class DataError(ValueError):
@@ -105,6 +122,31 @@ class DataError(ValueError):
         return self.problem.reason
 
 
+class MissingFilesError(FileNotFoundError):
+    """Original release files that a read needs and cannot find; one line naming each expected
+    path and where the release is obtained (the CLI prints it without a traceback)."""
+
+    def __init__(self, what: str, missing: Sequence[str], obtain: str, *, hint: str = ""):
+        self.what = what
+        self.missing = tuple(missing)
+        self.obtain = obtain
+        self.hint = hint
+        more = f"; {hint}" if hint else ""
+        super().__init__(f"{what}: missing {', '.join(self.missing)}{more}. {obtain}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    @classmethod
+    def merge(cls, errors: Sequence[MissingFilesError]) -> MissingFilesError:
+        """One error for several sources, so a user sees every missing file at once."""
+        if len(errors) == 1:
+            return errors[0]
+        hints = dict.fromkeys(h for e in errors if (h := getattr(e, "hint", "")))
+        return cls("; ".join(e.what for e in errors), [p for e in errors for p in e.missing],
+                   " ".join(dict.fromkeys(e.obtain for e in errors)), hint="; ".join(hints))
+
+
 class Malformed(Exception):
     """Raised by converters for a malformed record; the driver adds file and line."""
 
@@ -120,6 +162,7 @@ class ReadReport:
 
     records: non-blank lines read. examples: typed examples produced.
     skipped: malformed records per reason (only non-empty under ``on_error="skip"``).
+    skipped_by_file: the same, per file.
     filtered: parts of records dropped by a documented dataset rule, per reason.
     notes: informational counts (e.g. transcripts repaired by a documented rule).
     problems: the first ``max_kept_problems`` skipped problems.
@@ -132,6 +175,7 @@ class ReadReport:
     filtered: Mapping[str, int]
     notes: Mapping[str, int]
     problems: tuple[Problem, ...]
+    skipped_by_file: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def num_skipped(self) -> int:
@@ -154,18 +198,20 @@ class Tally:
         self.records = 0
         self.examples = 0
         self.skipped: collections.Counter[str] = collections.Counter()
+        self.skipped_by_file: collections.Counter[str] = collections.Counter()
         self.filtered: collections.Counter[str] = collections.Counter()
         self.notes: collections.Counter[str] = collections.Counter()
         self.problems: list[Problem] = []
 
     def problem(self, problem: Problem) -> None:
         """Applies the error policy to one malformed record."""
-        if self.config.on_error == "raise":
+        if self.config.on_error is OnError.RAISE:
             raise DataError(problem)
         self.skipped[problem.reason] += 1
+        self.skipped_by_file[problem.file] += 1
         if len(self.problems) < self.config.max_kept_problems:
             self.problems.append(problem)
-            logger.warning("skipping malformed record %s", problem)
+            logger.debug("skipping malformed record %s", problem)
 
     def filter(self, reason: str, count: int = 1) -> None:
         self.filtered[reason] += count
@@ -179,6 +225,7 @@ class Tally:
             records=self.records,
             examples=self.examples,
             skipped=dict(self.skipped),
+            skipped_by_file=dict(self.skipped_by_file),
             filtered=dict(self.filtered),
             notes=dict(self.notes),
             problems=tuple(self.problems),
@@ -210,6 +257,11 @@ class RecordContext:
     def note(self, reason: str, count: int = 1) -> None:
         self.tally.note(reason, count)
 
+    def problem(self, reason: str, detail: str) -> None:
+        """A malformed *part* of the record (e.g. one completion's score): raises under
+        ``on_error="raise"``; under ``"skip"`` counts it while the rest of the record is used."""
+        self.tally.problem(Problem(self.file, self.line, reason, detail))
+
     def meta(self, source: str, **extra: Any) -> dict[str, Any]:
         """Provenance every example carries, plus dataset-specific fields."""
         return {"source": source, "file": os.path.basename(self.file), "line": self.line, **extra}
@@ -230,41 +282,81 @@ def open_binary(path: PathLike):
     return open(name, "rb")
 
 
+# What a damaged compressed file raises while it is read: gzip.BadGzipFile (an OSError) for a
+# bad header or CRC, EOFError for a truncated stream, zlib.error for corrupt deflate data, and
+# the lzma/bz2 equivalents.
+_DECOMPRESSION_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def _decode_line(file: str, line_no: int, raw: bytes) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Problem(file, line_no, NON_UTF8, f"invalid UTF-8 at byte {e.start}")
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        return Problem(file, line_no, BAD_JSON, f"{e.msg} at column {e.colno}")
+    except RecursionError:
+        return Problem(file, line_no, BAD_JSON, "JSON nested too deeply to parse")
+    if not isinstance(record, dict):
+        return Problem(
+            file, line_no, NOT_OBJECT, f"expected a JSON object, got {type(record).__name__}"
+        )
+    return record
+
+
+_COMPRESSED = (".gz", ".xz", ".lzma", ".bz2")
+
+
+def stream_damage(path: PathLike) -> tuple[int, str] | None:
+    """``(line, detail)`` where a compressed file stops decompressing, or None when it is whole.
+
+    A damaged stream is only detected when it is read to its end (the gzip CRC covers the whole
+    file), and a flipped byte can first garble records that still parse. So a compressed file is
+    checked in full before any of its records is used.
+    """
+    lines = 0
+    try:
+        with open_binary(path) as f:
+            for _ in f:
+                lines += 1
+    except FileNotFoundError:
+        raise
+    except _DECOMPRESSION_ERRORS as e:
+        return lines + 1, f"{type(e).__name__}: {e}"
+    return None
+
+
 def iter_json_lines(path: PathLike) -> Iterator[tuple[int, Any]]:
     """Yields ``(line_number, record_or_Problem)`` for each non-blank line of a JSONL file.
 
     Decoding problems (invalid UTF-8, invalid JSON, a non-object line) come back as ``Problem``
-    values rather than exceptions so the caller's policy decides what happens.
+    values rather than exceptions so the caller's policy decides what happens. So do the two
+    problems of a whole file: a damaged compressed stream (``corrupt_file`` at the line where
+    decompression fails; *no* record of the file is used, since any of them may be garbled)
+    and a file with no record at all (``empty_file``, line 0), which would otherwise read as a
+    silent 0 examples.
     """
     file = str(path)
+    if file.endswith(_COMPRESSED):
+        damage = stream_damage(path)
+        if damage is not None:
+            line, detail = damage
+            yield line, Problem(file, line, CORRUPT_FILE,
+                                f"damaged compressed file, none of its records is used ({detail})")
+            return
+    seen = False
     with open_binary(path) as f:
         for line_no, raw in enumerate(f, start=1):
             if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             if not raw.strip():
                 continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield line_no, Problem(file, line_no, NON_UTF8, f"invalid UTF-8 at byte {e.start}")
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield line_no, Problem(file, line_no, BAD_JSON, f"{e.msg} at column {e.colno}")
-                continue
-            if not isinstance(record, dict):
-                yield (
-                    line_no,
-                    Problem(
-                        file,
-                        line_no,
-                        NOT_OBJECT,
-                        f"expected a JSON object, got {type(record).__name__}",
-                    ),
-                )
-                continue
-            yield line_no, record
+            seen = True
+            yield line_no, _decode_line(file, line_no, raw)
+    if not seen:
+        yield 0, Problem(file, 0, EMPTY_FILE, "the file holds no records (empty or blank)")
 
 
 def convert_records(
@@ -282,11 +374,13 @@ def convert_records(
     for path in paths:
         file = str(path)
         tally.files.append(file)
+        before = collections.Counter(tally.skipped)
         for line_no, record in iter_json_lines(path):
-            tally.records += 1
             if isinstance(record, Problem):
+                tally.records += record.reason not in (CORRUPT_FILE, EMPTY_FILE)
                 tally.problem(record)
                 continue
+            tally.records += 1
             try:
                 produced = list(convert(record, RecordContext(file, line_no, tally)))
             except Malformed as m:
@@ -294,6 +388,12 @@ def convert_records(
                 continue
             tally.examples += len(produced)
             yield from produced
+        skipped = collections.Counter(tally.skipped)
+        skipped.subtract(before)
+        if +skipped:
+            # One line per file, so a run's log says where data were dropped and why.
+            logger.warning("%s: skipped %d malformed records (%s)", file,
+                           sum((+skipped).values()), dict(+skipped))
 
 
 def read_records(

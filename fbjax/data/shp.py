@@ -19,6 +19,8 @@ Weights
 ``weighting="vote_share"`` (default) gives ``weight = r / (1 + r)`` with ``r = score_ratio``,
 the preferred comment's share of the two scores: in [0.5, 1), so near-ties count about half
 as much as lopsided pairs. ``"uniform"`` gives 1.0, ``"log_ratio"`` gives ``ln(r)``.
+``score_ratio`` must be the ratio the two scores give (``max / min`` of ``score_A`` and
+``score_B``, both positive, as the release defines it); any other value is ``bad_value``.
 ``min_score_ratio`` drops pairs below a ratio (the SHP authors suggest 2 for training), counted
 as filtered ``below_min_score_ratio``. A label that disagrees with the scores is only noted
 (``label_disagrees_with_scores``): the label is what annotators of the release defined.
@@ -46,7 +48,6 @@ DOMAINS = (
     "legaladvice",
 )  # fmt: skip
 SPLIT_FILES = {"train": "train.json", "validation": "validation.json", "test": "test.json"}
-URL_TEMPLATE = "https://huggingface.co/datasets/stanfordnlp/SHP/resolve/main/{domain}/{file}"
 
 
 def pair_weight(score_ratio: float, weighting: str) -> float:
@@ -81,6 +82,15 @@ def convert_record(
     ratio = rd.get_float(record, "score_ratio")
     if ratio < 1.0:
         raise rd.Malformed(rd.BAD_VALUE, f"field 'score_ratio' is {ratio}, expected >= 1")
+    # The release defines score_ratio as the higher comment score over the lower one; a ratio
+    # that the two scores do not give (1e300 for scores 12 and 3) is corrupt, not a strong pair.
+    low, high = sorted((score_a, score_b))
+    if low > 0 and not math.isclose(ratio, high / low, rel_tol=1e-6):
+        raise rd.Malformed(rd.BAD_VALUE, f"field 'score_ratio' is {ratio}, but the scores "
+                                         f"{score_a} and {score_b} give {high / low:g}")
+    if low <= 0:
+        raise rd.Malformed(rd.BAD_VALUE, f"scores {score_a} and {score_b}: SHP comments have "
+                                         "positive scores (the ratio needs a positive lower one)")
     chosen, rejected = (ref_a, ref_b) if label == 1 else (ref_b, ref_a)
     rd.check_distinct(chosen, rejected)
     if (score_a > score_b) != (label == 1):
@@ -146,12 +156,6 @@ class FbjaxShp(FeedbackBuilder):
 
     def manual_files(self, config):
         return {split: [f"*/{file}"] for split, file in SPLIT_FILES.items()}
-
-    def download_urls(self, config):
-        return {
-            split: [URL_TEMPLATE.format(domain=d, file=file) for d in DOMAINS]
-            for split, file in SPLIT_FILES.items()
-        }
 
     def read_split(self, split, paths: Sequence[Path], tally):
         return iter_shp(paths, tally, weighting=self.builder_config.options["weighting"])

@@ -53,7 +53,6 @@ SPLIT_FILES = {
     "validation": "validation.jsonl",
     "test": "test.jsonl",
 }
-URL_TEMPLATE = "https://huggingface.co/datasets/JeremyAlain/SLF5K/resolve/main/{file}"
 _PREFERENCE = {"summary a": 0, "a": 0, "summary b": 1, "b": 1}
 
 
@@ -142,9 +141,6 @@ class FbjaxSlf5k(FeedbackBuilder):
 
     def manual_files(self, config):
         return {split: [file] for split, file in SPLIT_FILES.items()}
-
-    def download_urls(self, config):
-        return {split: [URL_TEMPLATE.format(file=file)] for split, file in SPLIT_FILES.items()}
 
     def read_split(self, split, paths: Sequence[Path], tally):
         return iter_slf5k(paths, tally, view=self.builder_config.options["view"])

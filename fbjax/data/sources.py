@@ -7,8 +7,8 @@ three layers:
 * **Sources** read one released dataset through its TFDS builder (``fbjax.data.<dataset>``):
   :class:`HHRLHF`, :class:`UltraFeedback`, :class:`SHP`, :class:`OASST1`, :class:`PKUSafeRLHF`,
   :class:`TLDRComparisons`, :class:`SLF5K`. Each has ``builder()`` (the ``Fbjax*`` builder with
-  the right builder config) and ``examples()`` (typed examples of its split; the builder is
-  prepared from ``manual_dir`` first, or downloads where there is internet).
+  the right builder config) and ``examples()`` (typed examples of its split, read from the
+  release's own files under ``manual_dir``; nothing is ever downloaded).
 * **Views** reshape another source's examples with the library's conversions: :class:`Mixture`,
   :class:`PairsAsBinary` (KTO's recipe), :class:`RankedAsPairs`, :class:`LabelNoise` (flipped
   preferences for robust-DPO experiments). :class:`Unavailable` stands for a dataset fbjax has no
@@ -28,6 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
+import logging
+from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -35,6 +38,9 @@ import numpy as np
 from fbjax.data import conversions, encode
 from fbjax.data import examples as ex
 from fbjax.data.packing import Group
+from fbjax.data.reading import MissingFilesError, OnError, ReadConfig, Tally
+
+logger = logging.getLogger("fbjax.data")
 
 # Encoder: (examples, tokenizer, *, prompt_text) -> groups. ``prompt_text`` renders a prompt
 # (``Prompt`` turns) as the text the model is conditioned on.
@@ -65,14 +71,17 @@ def leaves(source: Any) -> tuple[Any, ...]:
 class _Released:
     """Shared plumbing: a builder config of one ``Fbjax*`` builder and one of its splits.
 
-    ``manual_dir`` holds the original release files (the layout each builder's
-    ``MANUAL_DOWNLOAD_INSTRUCTIONS`` gives); ``data_dir`` is where TFDS writes the prepared
-    ``array_record`` files (None = the TFDS default, ``~/tensorflow_datasets``).
+    ``manual_dir`` is the root holding the release's own files in the release's own layout
+    (each builder's ``MANUAL_DOWNLOAD_INSTRUCTIONS``); ``examples()`` reads them directly with the
+    builder's reader and the bad-record policy ``on_error``, and never downloads anything.
+    ``data_dir`` is where :func:`fbjax.data.tfds_common.prepare` writes TFDS ``array_record``
+    files when a user prepares ``builder()`` (None = the TFDS default).
     """
 
     split: str = "train"
     manual_dir: str | None = None
     data_dir: str | None = None
+    on_error: OnError = OnError.RAISE
 
     def _builder_class(self) -> type:
         raise NotImplementedError
@@ -82,7 +91,8 @@ class _Released:
 
     def builder(self):
         """The TFDS builder for this source (not prepared; constructing it reads nothing)."""
-        return self._builder_class()(config=self._config_name(), data_dir=self.data_dir)
+        return self._builder_class()(config=self._config_name(), data_dir=self.data_dir,
+                                     on_error=self.on_error)
 
     def splits(self) -> tuple[str, ...]:
         """The splits the builder writes for this source's builder config."""
@@ -90,6 +100,7 @@ class _Released:
         return tuple(builder.manual_files(builder.builder_config))
 
     def __post_init__(self):
+        object.__setattr__(self, "on_error", OnError(self.on_error))
         names = [c.name for c in self._builder_class().BUILDER_CONFIGS]
         if self._config_name() not in names:
             raise ValueError(
@@ -101,16 +112,17 @@ class _Released:
                 f"{type(self).__name__}: no split {self.split!r}; choose one of {self.splits()}"
             )
 
+    def files(self) -> list[Path]:
+        """The original files this source reads; ``MissingFilesError`` names any missing."""
+        return self.builder().split_files(self.split, self.manual_dir)
+
     def examples(self) -> list[ex.Example]:
-        import tensorflow_datasets as tfds
-
-        from fbjax.data.tfds_common import load_split
-
         builder = self.builder()
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=self.manual_dir)
-        )
-        return load_split(builder, self.split)
+        paths = builder.split_files(self.split, self.manual_dir)
+        tally = Tally(ReadConfig(on_error=self.on_error))
+        out = builder.read_files(self.split, paths, tally)
+        logger.info("%s: %s", type(self).__name__, tally.report().summary())
+        return out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -332,11 +344,18 @@ class Transcript:
     def render(self, prompt: ex.Prompt) -> str:
         return ex.render_transcript(prompt)
 
+    def completion(self, prompt: ex.Prompt, text: str) -> str:
+        """A reply follows the open ``"Assistant:"`` after one space, as in the released
+        transcripts (``"...\\n\\nAssistant: reply"``); the space belongs to the reply's tokens,
+        as in the DPO reference code, which tokenizes ``chosen[len(prompt):]``."""
+        return ex.transcript_reply(text)
+
 
 @dataclasses.dataclass(frozen=True)
 class Chat:
-    """Prompts laid out in a chat template (``fbjax.tokenizer.ChatTemplate``), ending with the
-    assistant prefix, as the model was instruction-tuned."""
+    """Prompts laid out in a chat template (``fbjax.data.chat.ChatTemplate``), ending with the
+    assistant prefix, as the model was instruction-tuned; a completion is followed by the
+    template's ``assistant_suffix`` (its end-of-turn marker, trained)."""
 
     template: Any
 
@@ -348,10 +367,13 @@ class Chat:
             )
 
     def render(self, prompt: ex.Prompt) -> str:
-        from fbjax.tokenizer import render_chat
+        from fbjax.data.chat import render_chat
 
         segments = render_chat(self.template, prompt, add_generation_prompt=True)
         return "".join(s.text for s in segments)
+
+    def completion(self, prompt: ex.Prompt, text: str) -> str:
+        return text + self.template.assistant_suffix
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -362,24 +384,73 @@ class Dataset:
     None for ``encode.default_prompt_text``: a lone user turn verbatim, conversations as
     transcripts), tokenized by the tokenizer at ``tokenizer_path`` (a sentencepiece
     ``tokenizer.model``, a ``tokenizer.json``, or a directory holding one:
-    ``fbjax.tokenizer.load_tokenizer``). Empty means the tokenizer of the checkpoint the run
+    ``fbjax.tokenizers.load_tokenizer``). Empty means the tokenizer of the checkpoint the run
     starts from (``init_from``), which the run passes in.
+
+    Settings applied to every released source inside ``source`` (a :class:`Mixture` of the four
+    HH-RLHF subsets included), so one ``--set`` reaches them all:
+
+    * ``manual_dir``: the root holding the release's own files in its own layout (HH-RLHF:
+      ``<subset>/<split>.jsonl.gz``); None keeps each source's own.
+    * ``on_error``: the bad-record policy (``raise``: a ``file:line: reason`` error at the first
+      malformed record; ``skip``: malformed records are dropped and counted per file).
+    * ``split``: the split every released source reads; None keeps each source's own.
+    * ``subsets``: the HH-RLHF subsets read (``fbjax.data.hh_rlhf.SUBSETS``; a comma-separated
+      string is accepted, as ``--set data.subsets=harmless-base,helpful-base`` gives); the
+      HH-RLHF sources of the tree are replaced by one per listed subset. None keeps them.
     """
 
     source: Any
     encoder: Encoder = encode.paired
     template: Transcript | Chat | None = None
     tokenizer_path: str = ""
+    manual_dir: str | None = None
+    on_error: OnError = OnError.RAISE
+    split: str | None = None
+    subsets: tuple[str, ...] | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "on_error", OnError(self.on_error))
+        if isinstance(self.subsets, str):
+            names = tuple(n.strip() for n in self.subsets.split(",") if n.strip())
+            object.__setattr__(self, "subsets", names)
+        if self.subsets is not None and not self.subsets:
+            raise ValueError("data.subsets is empty; name at least one subset or use None")
         for leaf in leaves(self.source):
             if not isinstance(leaf, Source):
                 raise TypeError(f"{type(leaf).__name__} is not a data source (needs examples())")
+        self.resolved_source()  # a bad split or subset fails when the config is built
+
+    def resolved_source(self) -> Any:
+        """``source`` with ``manual_dir``, ``on_error``, ``split`` and ``subsets`` applied."""
+        from fbjax.data.hh_rlhf import SUBSETS
+
+        if self.subsets is not None:
+            unknown = [s for s in self.subsets if s not in SUBSETS]
+            if unknown:
+                raise ValueError(f"data.subsets: unknown subset(s) {unknown}; choose from {SUBSETS}")
+            if not any(isinstance(leaf, HHRLHF) for leaf in leaves(self.source)):
+                raise ValueError("data.subsets: this dataset reads no HH-RLHF source, the only "
+                                 "one with subsets")
+        return _configure(self.source, self)
+
+    def check_files(self) -> None:
+        """Raises one :class:`~fbjax.data.reading.MissingFilesError` naming every original file
+        the sources need and cannot find, before anything is read."""
+        errors = []
+        for leaf in leaves(self.resolved_source()):
+            if isinstance(leaf, _Released):
+                try:
+                    leaf.files()
+                except MissingFilesError as e:
+                    errors.append(e)
+        if errors:
+            raise MissingFilesError.merge(errors)
 
     def tokenizer(self, checkpoint_dir: str | None = None):
         """The tokenizer at ``tokenizer_path``, or when that is empty the one in
         ``checkpoint_dir`` (the resolved ``init_from``)."""
-        from fbjax.tokenizer import load_tokenizer
+        from fbjax.tokenizers import load_tokenizer
 
         if self.tokenizer_path:
             return load_tokenizer(self.tokenizer_path)
@@ -396,19 +467,86 @@ class Dataset:
             return encode.default_prompt_text
         return self.template.render
 
+    def completion_text(self) -> Callable[[ex.Prompt, str], str]:
+        if self.template is None:
+            return encode.default_completion_text
+        return self.template.completion
+
+    def examples(self) -> list[ex.Example]:
+        self.check_files()
+        return self.resolved_source().examples()
+
     def load(self, tokenizer) -> list[Group]:
-        return self.encoder(self.source.examples(), tokenizer, prompt_text=self.prompt_text())
+        data = self.examples()
+        # Encoders that lay out completions (fbjax.data.encode's, with_prompt_text's) take the
+        # template's completion rendering; others (experiments' own) render completions alone.
+        if "completion_text" in inspect.signature(self.encoder).parameters:
+            return self.encoder(data, tokenizer, prompt_text=self.prompt_text(),
+                                completion_text=self.completion_text())
+        return self.encoder(data, tokenizer, prompt_text=self.prompt_text())
+
+
+def _configure(source: Any, data: Dataset, *, subsets: bool = True) -> Any:
+    """``source`` with a :class:`Dataset`'s flat settings pushed into its released sources
+    (``subsets=False``: an HH-RLHF part whose Mixture already applied ``data.subsets``)."""
+    if isinstance(source, _Released):
+        changes: dict[str, Any] = {"on_error": data.on_error}
+        if data.manual_dir is not None:
+            changes["manual_dir"] = data.manual_dir
+        if data.split is not None:
+            changes["split"] = data.split
+        try:
+            source = dataclasses.replace(source, **changes)
+        except ValueError as e:
+            raise ValueError(f"data.split={data.split!r}: {e}") from None
+        if subsets and data.subsets is not None and isinstance(source, HHRLHF):
+            parts = tuple(dataclasses.replace(source, subset=s) for s in data.subsets)
+            return parts[0] if len(parts) == 1 else Mixture(parts=parts)
+        return source
+    if isinstance(source, Mixture):
+        parts = source.parts
+        if data.subsets is not None:
+            parts = _with_subsets(parts, data.subsets)
+        return dataclasses.replace(source, parts=tuple(
+            _configure(p, data, subsets=not isinstance(p, HHRLHF)) for p in parts))
+    if dataclasses.is_dataclass(source) and hasattr(source, "source"):
+        return dataclasses.replace(source, source=_configure(source.source, data))
+    return source
+
+
+def _with_subsets(parts: Sequence[Any], subsets: Sequence[str]) -> list[Any]:
+    """The HH-RLHF parts replaced, at the first one's place, by one per subset."""
+    hh = [p for p in parts if isinstance(p, HHRLHF)]
+    if not hh:
+        return list(parts)
+    out: list[Any] = []
+    for p in parts:
+        if p is hh[0]:
+            out.extend(dataclasses.replace(p, subset=s) for s in subsets)
+        elif not isinstance(p, HHRLHF):
+            out.append(p)
+    return out
+
+
+_COMPLETION_FIELDS = ("completion", "chosen", "rejected", "refinement")
 
 
 def with_prompt_text(fn: Callable[..., list[Group]]) -> Encoder:
     """Adapts an encoder that renders prompts itself (``fbjax.data.language`` functions take
-    ``Prompt`` tuples) to the ``prompt_text`` keyword :class:`Dataset` passes: prompts are
-    rendered first and handed over as one user turn."""
+    ``Prompt`` tuples) to the keywords :class:`Dataset` passes: prompts are rendered first and
+    handed over as one user turn, and each reply field (``completion``, ``chosen``,
+    ``rejected``, ``refinement``) is rendered as it follows its prompt in the template."""
 
     @functools.wraps(fn)
-    def encoder(data: Sequence[ex.Example], tokenizer, *, prompt_text, **kwargs):
-        rendered = [dataclasses.replace(e, prompt=ex.user_prompt(prompt_text(e.prompt)))
-                    for e in data]
+    def encoder(data: Sequence[ex.Example], tokenizer, *, prompt_text,
+                completion_text=encode.default_completion_text, **kwargs):
+        rendered = []
+        for e in data:
+            replies = {f: completion_text(e.prompt, getattr(e, f)) for f in _COMPLETION_FIELDS
+                       if isinstance(getattr(e, f, None), str)}
+            rendered.append(dataclasses.replace(e, prompt=ex.user_prompt(prompt_text(e.prompt)),
+                                                **replies))
         return fn(rendered, tokenizer, **kwargs)
 
+    del encoder.__wrapped__  # its own signature (with completion_text), not fn's
     return encoder

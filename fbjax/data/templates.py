@@ -16,16 +16,11 @@ also available on its own (``*_prompt``), which is what the policy is sampled fr
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 
-
-class _Tokenizer(Protocol):
-    bos_id: int
-    eos_id: int
-
-    def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]: ...
+from fbjax.tokenizers.protocol import Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +44,7 @@ class Segment:
 
 def render(
     segments: Sequence[Segment],
-    tokenizer: _Tokenizer,
+    tokenizer: Tokenizer,
     *,
     add_bos: bool = True,
     add_eos: bool = True,
@@ -82,7 +77,7 @@ def render(
 
 
 def segment_token_ranges(
-    segments: Sequence[Segment], tokenizer: _Tokenizer, *, add_bos: bool = True
+    segments: Sequence[Segment], tokenizer: Tokenizer, *, add_bos: bool = True
 ) -> tuple[tuple[int, int], ...]:
     """``[start, end)`` token positions of each segment's text in :func:`render`'s output.
 

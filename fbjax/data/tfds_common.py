@@ -6,7 +6,7 @@ build nor to read: ``builder.as_data_source()`` gives random-access sources that
 back as ``bytes``) into the typed example again.
 
 A builder subclass says which original files each split reads (relative paths under the
-manual directory, and download URLs for machines with internet) and how to read them; the
+manual directory) and how to read them; the
 base class turns that into TFDS splits and keeps each split's ``ReadReport`` in
 ``builder.reports`` after ``download_and_prepare``.
 """
@@ -29,7 +29,7 @@ from etils import epath
 from tensorflow_datasets.core import utils as tfds_utils
 
 from fbjax.data import examples as ex
-from fbjax.data.reading import ReadConfig, ReadReport, Tally
+from fbjax.data.reading import MissingFilesError, OnError, ReadConfig, ReadReport, Tally
 
 logger = logging.getLogger("fbjax.data")
 
@@ -168,11 +168,11 @@ class FeedbackBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     ``MANUAL_DOWNLOAD_INSTRUCTIONS`` and implement:
 
     * ``manual_files(config) -> {split: [relative path or glob under manual_dir]}``
-    * ``download_urls(config) -> {split: [url]}``
     * ``read_split(split, paths, tally) -> Iterator[Example]``
 
-    Files present in ``manual_dir`` take precedence over downloads, so machines without
-    internet build from local copies of the original release.
+    Files are read from ``manual_dir`` only; a builder never downloads (``HOMEPAGE`` and
+    ``MANUAL_DOWNLOAD_INSTRUCTIONS`` tell a user where the release lives), so runs are offline.
+    Prepare with :func:`prepare`, which also keeps TFDS from looking for prebuilt data on GCS.
     """
 
     HOMEPAGE = ""
@@ -189,7 +189,7 @@ class FeedbackBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         except (TypeError, OSError):
             return None
 
-    def __init__(self, *, on_error: str = "raise", file_format: str = "array_record", **kwargs):
+    def __init__(self, *, on_error: OnError | str = OnError.RAISE, file_format: str = "array_record", **kwargs):
         self.read_config = ReadConfig(on_error=on_error)
         self.reports: dict[str, ReadReport] = {}
         super().__init__(file_format=file_format, **kwargs)
@@ -197,9 +197,6 @@ class FeedbackBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # ---- subclass hooks ----
 
     def manual_files(self, config: FeedbackConfig) -> SplitFiles:
-        raise NotImplementedError
-
-    def download_urls(self, config: FeedbackConfig) -> SplitFiles:
         raise NotImplementedError
 
     def read_split(self, split: str, paths: Sequence[Path], tally: Tally) -> Iterator[ex.Example]:
@@ -225,26 +222,45 @@ class FeedbackBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         except (AssertionError, ValueError):
             return None
 
+    def split_files(self, split: str, manual_dir: str | os.PathLike | None) -> list[Path]:
+        """The original files of ``split`` under ``manual_dir``, in release order.
+
+        Raises :class:`~fbjax.data.reading.MissingFilesError` naming every expected path and
+        where the release is obtained, when ``manual_dir`` is unset or any pattern matches
+        nothing. Nothing is ever downloaded: runs stay offline and fail in seconds.
+        """
+        files = self.manual_files(self.builder_config)
+        if split not in files:
+            raise ValueError(f"{self.name}/{self.builder_config.name}: no split {split!r}; "
+                             f"choose one of {tuple(files)}")
+        patterns = files[split]
+        if manual_dir is None:
+            raise MissingFilesError(self._where(split), [f"<manual_dir>/{p}" for p in patterns],
+                                    self._obtain(), hint="set manual_dir (--set data.manual_dir=DIR)")
+        paths: list[Path] = []
+        missing: list[str] = []
+        for pattern in patterns:
+            matched = sorted(glob.glob(os.path.join(manual_dir, pattern)))
+            if not matched:
+                missing.append(os.path.join(manual_dir, pattern))
+            paths.extend(Path(p) for p in matched)
+        if missing:
+            raise MissingFilesError(self._where(split), missing, self._obtain())
+        return paths
+
+    def read_files(self, split: str, paths: Sequence[Path], tally: Tally) -> list[ex.Example]:
+        """The examples of ``split`` read straight from its original ``paths``."""
+        return list(self.read_split(split, paths, tally))
+
+    def _where(self, split: str) -> str:
+        return f"{self.name}/{self.builder_config.name} split {split!r}"
+
+    def _obtain(self) -> str:
+        return " ".join(f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS} Release: {self.HOMEPAGE}".split())
+
     def _resolve_files(self, dl_manager) -> dict[str, list[Path]]:
         root = self._manual_root(dl_manager)
-        if root is not None:
-            out: dict[str, list[Path]] = {}
-            for split, patterns in self.manual_files(self.builder_config).items():
-                paths: list[Path] = []
-                for pattern in patterns:
-                    matched = sorted(glob.glob(os.path.join(root, pattern)))
-                    if not matched:
-                        raise FileNotFoundError(
-                            f"{self.name}/{self.builder_config.name}: split {split!r} expects "
-                            f"{pattern!r} under manual_dir {root}.\n"
-                            f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
-                        )
-                    paths.extend(Path(p) for p in matched)
-                out[split] = paths
-            return out
-        urls = {s: list(u) for s, u in self.download_urls(self.builder_config).items()}
-        downloaded = dl_manager.download(urls)
-        return {s: [Path(p) for p in ps] for s, ps in downloaded.items()}
+        return {split: self.split_files(split, root) for split in self.manual_files(self.builder_config)}
 
     def _split_generators(self, dl_manager):
         files = self._resolve_files(dl_manager)
@@ -256,6 +272,14 @@ class FeedbackBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield f"{index:010d}", to_features(example)
         self.reports[split] = tally.report()
         logger.info("%s %s: %s", self.name, split, self.reports[split].summary())
+
+
+def prepare(builder: FeedbackBuilder, manual_dir: str | os.PathLike) -> FeedbackBuilder:
+    """Writes the builder's ``array_record`` files from the original files in ``manual_dir``,
+    without any network access (no download, no GCS lookup)."""
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=os.fspath(manual_dir), try_download_gcs=False))
+    return builder
 
 
 def load_split(builder: tfds.core.DatasetBuilder, split: str) -> list[ex.Example]:

@@ -41,10 +41,6 @@ from fbjax.data.tfds_common import FeedbackBuilder, FeedbackConfig
 SOURCE = "tldr_comparisons"
 RELEASE_SPLITS = ("train", "valid1", "valid2")
 TLDR_BATCHES = tuple(f"batch{i}" for i in range(3, 21)) + ("batch22",)
-URL_TEMPLATE = (
-    "https://openaipublic.blob.core.windows.net/summarize-from-feedback/dataset/comparisons/"
-    "{batch}.json"
-)
 TFDS_SPLITS = {"train": ("train",), "validation": ("valid1",), "test": ("valid2",)}
 
 
@@ -148,11 +144,6 @@ class FbjaxTldrComparisons(FeedbackBuilder):
 
     def manual_files(self, config):
         return {split: ["batch*.json"] for split in TFDS_SPLITS}
-
-    def download_urls(self, config):
-        return {
-            split: [URL_TEMPLATE.format(batch=b) for b in TLDR_BATCHES] for split in TFDS_SPLITS
-        }
 
     def read_split(self, split, paths: Sequence[Path], tally):
         return iter_tldr_comparisons(paths, tally, splits=TFDS_SPLITS[split])

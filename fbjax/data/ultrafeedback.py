@@ -35,14 +35,20 @@ Views (``UltraFeedbackOptions``)
   ``score=overall_score``; with ``include_rationales`` also each aspect's rationale as a
   ``"rationale"`` example scored by that aspect's rating.
 
-A completion with an empty response or no usable score is left out of its prompt's
-comparisons (counted as filtered ``empty_response`` / ``unscored_completion``); structural
-problems (missing/mistyped fields, unparseable ratings) make the whole record malformed.
+A completion with an empty response or no score (absent / ``"N/A"``) is left out of its prompt's
+comparisons (counted as filtered ``empty_response`` / ``unscored_completion``). A score that is
+not a number in its documented range (ratings and ``fine-grained_score`` 1-5, ``overall_score``
+1-10; NaN, Infinity, a string ``"4"`` where a number belongs, 99) is a malformed *completion*
+(``bad_score``): under ``on_error="raise"`` a ``file:line`` error, under ``"skip"`` the
+completion is counted as skipped and the record's other completions still pair (scores
+``[1, NaN, 5]`` give the pair 5 vs 1). Structural problems (missing/mistyped fields) make the
+whole record malformed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,7 +71,6 @@ ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 SCORE_FIELDS = ("fine-grained_score", "overall_score", "mean_rating")
 VIEWS = ("paired", "binary", "feedback")
 SOURCE_FILES = ("evol_instruct", "false_qa", "flan", "sharegpt", "truthful_qa", "ultrachat")
-URL_TEMPLATE = "https://huggingface.co/datasets/openbmb/UltraFeedback/resolve/main/{name}.jsonl"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +106,8 @@ class Completion:
     critique: str
     overall_score: float | None
     fine_grained_score: float | None
+    # Why a score of this completion is unusable (module docstring), or None.
+    bad_score: str | None = None
 
     def score(self, field: str) -> float | None:
         if field == "overall_score":
@@ -111,24 +118,45 @@ class Completion:
         return sum(rated) / len(rated) if rated else None
 
 
+# The documented ranges (Cui et al. 2023, arXiv:2310.01377, and the release's dataset card):
+# aspect ratings and their mean ``fine-grained_score`` on 1-5, the critique model's
+# ``overall_score`` on 1-10. A value outside, not a number, or not finite is a bad score.
+RATING_RANGE = (1.0, 5.0)
+SCORE_RANGES = {"fine-grained_score": (1.0, 5.0), "overall_score": (1.0, 10.0)}
+BAD_SCORE = "bad_score"
+
+
+class _BadScore(Exception):
+    """A completion's score that is not a number in its documented range."""
+
+
+def _in_range(value: float, bounds: tuple[float, float], where: str, raw: Any) -> float:
+    if not math.isfinite(value) or not bounds[0] <= value <= bounds[1]:
+        raise _BadScore(f"{where} is {raw!r}, expected a number in [{bounds[0]:g}, {bounds[1]:g}]")
+    return value
+
+
 def _rating(value: Any, where: str) -> float | None:
+    """An aspect ``Rating``: a digit string as released (or a number), ``"N/A"`` = unrated."""
     if value is None or (isinstance(value, str) and value.strip().upper() in ("N/A", "")):
         return None
-    if isinstance(value, bool):
-        raise rd.Malformed(rd.WRONG_TYPE, f"{where} is a bool")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _BadScore(f"{where} is {type(value).__name__} {value!r}, expected a rating")
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise rd.Malformed(rd.BAD_VALUE, f"{where} is not a rating: {value!r}") from None
+        number = float(value)
+    except ValueError:
+        raise _BadScore(f"{where} is not a rating: {value!r}") from None
+    return _in_range(number, RATING_RANGE, where, value)
 
 
 def _optional_number(c: Mapping[str, Any], key: str, where: str) -> float | None:
+    """``overall_score`` / ``fine-grained_score``: a JSON number as released, or absent."""
     value = c.get(key)
     if value is None or value == "N/A":
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise rd.Malformed(rd.WRONG_TYPE, f"{where}.{key} is {type(value).__name__}")
-    return _rating(value, f"{where}.{key}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _BadScore(f"{where}.{key} is {type(value).__name__} {value!r}, expected a number")
+    return _in_range(float(value), SCORE_RANGES[key], f"{where}.{key}", value)
 
 
 def parse_completion(c: Any, index: int) -> Completion:
@@ -145,6 +173,7 @@ def parse_completion(c: Any, index: int) -> Completion:
         raise rd.Malformed(m.reason, f"{where}: {m.detail}") from None
     ratings: dict[str, float | None] = {}
     rationales: dict[str, str] = {}
+    bad_score: str | None = None
     for aspect in ASPECTS:
         value = annotations.get(aspect)
         if isinstance(value, list):
@@ -154,11 +183,20 @@ def parse_completion(c: Any, index: int) -> Completion:
             continue
         if not isinstance(value, dict):
             raise rd.Malformed(rd.WRONG_TYPE, f"{where}.annotations.{aspect} is not an object")
-        ratings[aspect] = _rating(value.get("Rating"), f"{where}.annotations.{aspect}.Rating")
+        try:
+            ratings[aspect] = _rating(value.get("Rating"), f"{where}.annotations.{aspect}.Rating")
+        except _BadScore as e:
+            ratings[aspect], bad_score = None, bad_score or str(e)
         rationale = value.get("Rationale For Rating") or value.get("Rationale") or ""
         if not isinstance(rationale, str):
             raise rd.Malformed(rd.WRONG_TYPE, f"{where}.annotations.{aspect}.Rationale not str")
         rationales[aspect] = rd.check_text(rationale, f"{where}.{aspect}.Rationale")
+    scores: dict[str, float | None] = {}
+    for key in SCORE_RANGES:
+        try:
+            scores[key] = _optional_number(c, key, where)
+        except _BadScore as e:
+            scores[key], bad_score = None, bad_score or str(e)
     return Completion(
         index=index,
         model=model,
@@ -166,8 +204,9 @@ def parse_completion(c: Any, index: int) -> Completion:
         ratings=ratings,
         rationales=rationales,
         critique=critique.strip(),
-        overall_score=_optional_number(c, "overall_score", where),
-        fine_grained_score=_optional_number(c, "fine-grained_score", where),
+        overall_score=scores["overall_score"],
+        fine_grained_score=scores["fine-grained_score"],
+        bad_score=bad_score,
     )
 
 
@@ -191,7 +230,11 @@ def convert_record(
 
     usable = []
     for c in completions:
-        if not c.response:
+        if c.bad_score is not None:
+            # A bad score is malformed data: an error under on_error="raise"; under "skip" the
+            # completion is counted and left out, and the record's other completions are used.
+            ctx.problem(BAD_SCORE, c.bad_score)
+        elif not c.response:
             ctx.filter("empty_response")
         else:
             usable.append(c)
@@ -317,9 +360,6 @@ class FbjaxUltrafeedback(FeedbackBuilder):
 
     def manual_files(self, config):
         return {"train": ["*.jsonl"]}
-
-    def download_urls(self, config):
-        return {"train": [URL_TEMPLATE.format(name=n) for n in SOURCE_FILES]}
 
     def read_split(self, split, paths: Sequence[Path], tally):
         return iter_ultrafeedback(paths, tally, view=self.builder_config.options["view"])

@@ -106,7 +106,7 @@ def _tokenizer(config: ExperimentConfig, start: startlib.Start):
         if isinstance(stage.data, Dataset):
             return stage.data.tokenizer(checkpoint_dir=start.path)
     if start.path is not None:
-        from fbjax.tokenizer import load_tokenizer
+        from fbjax.tokenizers import load_tokenizer
 
         return load_tokenizer(start.path)
     raise ValueError(f"experiment {config.name!r} names no tokenizer: set tokenizer, a data "
@@ -118,7 +118,7 @@ def prepare(config: ExperimentConfig, *, workdir: str, progress: bool = True) ->
 
     The checkpoint is resolved and its architecture checked before any data is read: a missing
     download or a wrong architecture fails in seconds."""
-    from fbjax.tokenizer import check_vocab, save_tokenizer
+    from fbjax.tokenizers import check_vocab, save_tokenizer
 
     workdir = os.path.abspath(workdir)  # Orbax rejects relative paths
     start = startlib.locate(config)

@@ -66,7 +66,7 @@ def build_tokenizer(
 ):
     """A small BPE tokenizer for the given tasks with ``<|good|>``/``<|bad|>`` as single tokens;
     deterministic in ``seed``. Takes about a second."""
-    from fbjax.tokenizer import train_sentencepiece  # sentencepiece only when needed
+    from fbjax.tokenizers import train_sentencepiece  # sentencepiece only when needed
 
     texts = tokenizer_corpus(tasks, np.random.default_rng(seed), n_per_task)
     return train_sentencepiece(

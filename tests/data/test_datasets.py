@@ -134,10 +134,12 @@ def test_ultrafeedback_malformed(tmp_path):
     no_instruction = copy.deepcopy(UF_RECORD)
     del no_instruction["instruction"]
     path = write_jsonl(tmp_path / "flan.jsonl", [UF_RECORD, bad_rating, bad_type, no_instruction])
-    with pytest.raises(DataError, match=r"flan\.jsonl:2: bad_value: completions\[0\]"):
+    with pytest.raises(DataError, match=r"flan\.jsonl:2: bad_score: completions\[0\]"):
         ultrafeedback.read_ultrafeedback(path)
     result = ultrafeedback.read_ultrafeedback(path, ReadConfig(on_error="skip"))
-    assert result.report.skipped == {"bad_value": 1, "wrong_type": 1, "missing_field": 1}
+    # The badly rated completion is skipped; its record's other completions still pair.
+    assert result.report.skipped == {"bad_score": 1, "wrong_type": 1, "missing_field": 1}
+    assert [e.meta["line"] for e in result.examples] == [1, 2]
     assert [p.line for p in result.report.problems] == [2, 3, 4]
     with pytest.raises(ValueError, match="score must be one of"):
         ultrafeedback.UltraFeedbackOptions(score="stars")

@@ -328,7 +328,7 @@ def test_partial_sliding_window_rejected():
 def test_vocab_mismatch(golden_copy):
     from types import SimpleNamespace
 
-    from fbjax.tokenizer import check_vocab
+    from fbjax.tokenizers import check_vocab
 
     def tokenizer(n):  # the attributes check_vocab reads
         return SimpleNamespace(vocab_size=n, base_vocab_size=n, num_added_tokens=0)

@@ -20,7 +20,7 @@ from fbjax.data import templates as T
 from fbjax.objectives import language as L
 from fbjax.sim import ArithmeticTask
 from fbjax.sim.feedback import SpanExample
-from fbjax.tokenizer import train_sentencepiece
+from fbjax.tokenizers import train_sentencepiece
 
 SYMBOLS = ("<|good|>", "<|bad|>")
 TEXTS = [

@@ -1,8 +1,10 @@
 """Hugging Face ``tokenizer.json`` tokenizers (GPT-2, Llama-3, Qwen2 byte-level BPE).
 
-:class:`HFTokenizer` wraps the ``tokenizers`` library behind the interface of
-:class:`fbjax.tokenizer.Tokenizer` (``encode``/``decode``/special ids/added tokens/pickling/
-save and load), so the data pipeline, templates and sampler take either.
+:class:`HFTokenizer` wraps the ``tokenizers`` library behind the :class:`fbjax.tokenizers.Tokenizer`
+protocol (``encode``/``decode``/special ids/added tokens/pickling/save and load), as
+:class:`~fbjax.tokenizers.sentencepiece_tokenizer.SentencePieceTokenizer` does, so the data
+pipeline, templates and sampler take either. Both match every special token written in text
+(control tokens included) to its id, and both decode BOS/EOS/PAD to nothing by default.
 
 Special tokens come from the checkpoint directory, first found wins per token:
 ``tokenizer_config.json`` (a key that is present there, even as ``null``, is final), then
@@ -16,7 +18,8 @@ uses it as EOS (GPT-2's ``<|endoftext|>``). Fallbacks, because the pipeline alwa
 
 Guarantees, for byte-level BPE without a normalizer (GPT-2, Llama-3): ``decode(encode(s)) == s``
 for every string, and decoding separately encoded segments concatenated gives the concatenated
-text, as :class:`fbjax.tokenizer.Tokenizer` guarantees for the models it trains. Qwen2's
+text, as :class:`~fbjax.tokenizers.sentencepiece_tokenizer.SentencePieceTokenizer` guarantees
+for the models it trains. Qwen2's
 tokenizer NFC-normalizes, so text that is not NFC comes back NFC. Added tokens (the file's own,
 special or not, and :meth:`HFTokenizer.with_added_tokens`) are matched literally in text, as
 transformers does by default.
@@ -175,7 +178,7 @@ class HFTokenizer:
         return HFTokenizer(self._json, eos=n["eos"], bos=n["bos"], pad=n["pad"], unk=n["unk"],
                            added_tokens=new)
 
-    def save(self, directory: str | os.PathLike) -> None:
+    def save(self, directory: str | os.PathLike) -> str:
         """Writes ``tokenizer.json`` (the base file, verbatim) and ``tokenizer_config.json``
         (special tokens, added tokens as ``added_tokens_decoder``) into ``directory``; both
         :meth:`load` and transformers' ``AutoTokenizer`` read the result."""
@@ -192,6 +195,7 @@ class HFTokenizer:
         config.update(added_tokens_decoder=added, tokenizer_class="PreTrainedTokenizerFast")
         with open(os.path.join(directory, TOKENIZER_CONFIG_FILE), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, ensure_ascii=False)
+        return os.path.join(directory, TOKENIZER_FILE)
 
     # ---------------------------------------------------------------- vocabulary
 
@@ -269,7 +273,7 @@ class HFTokenizer:
         """Token ids and the ``[begin, end)`` character span of ``text`` each token covers.
 
         A character split into several byte tokens is covered by the last of them; the others
-        get an empty span (as in :meth:`fbjax.tokenizer.Tokenizer.encode_with_offsets`).
+        get an empty span (as in ``SentencePieceTokenizer.encode_with_offsets``).
         """
         if not text:
             return [], []
@@ -283,12 +287,19 @@ class HFTokenizer:
             offsets.append((min(b, e), e))
         return list(enc.ids), offsets
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``; BOS/EOS/PAD ids decode to nothing, other special tokens to text."""
+    def decode(self, ids: Iterable[int], *, skip_control: bool = True) -> str:
+        """Text of ``ids``. BOS/EOS/PAD ids decode to nothing, or with ``skip_control=False`` to
+        their text; other special tokens always decode to their text."""
         ids = [int(i) for i in ids]
         self._check_ids(ids)
-        control = {self.bos_id, self.eos_id, self.pad_id}
-        return self._tok.decode([i for i in ids if i not in control], skip_special_tokens=False)
+        if skip_control:
+            ids = [i for i in ids if i not in self.control_ids]
+        return self._tok.decode(ids, skip_special_tokens=False)
+
+    @property
+    def control_ids(self) -> frozenset[int]:
+        """BOS, EOS and PAD: the ids :meth:`decode` drops by default."""
+        return frozenset({self.bos_id, self.eos_id, self.pad_id})
 
     def _check_ids(self, ids: Sequence[int]) -> None:
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
