@@ -3,7 +3,7 @@
     python tools/bench_loader.py [--file ../shared/data/hh-rlhf/harmless-base/test.jsonl.gz]
         [--repeats 5] [--seq-len 512] [--rows 16] [--slots 8] [--workers 0]
 
-Needs ``grain`` (``pip install grain``), which fbjax itself no longer depends on; see
+Needs ``grain`` (the ``bench`` extra), which fbjax itself no longer depends on; see
 docs/data_loading.md for the figures and the decision they support.
 
 Both paths start from the same typed examples (``fbjax.data.hh_rlhf.read_hh_rlhf``, the reader the
