@@ -1,9 +1,9 @@
 """TFDS plumbing shared by the dataset builders: features per example kind, and a base builder.
 
 The builders write ``array_record`` files (the default here), which need neither TensorFlow to
-build nor to read: ``builder.as_data_source()`` gives random-access sources that
-``fbjax.data.pipeline`` feeds to grain. ``from_features`` turns a stored record (strings come
-back as ``bytes``) into the typed example again.
+build nor to read: ``builder.as_data_source()`` gives random-access sources (``load_split``
+reads them). ``from_features`` turns a stored record (strings come back as ``bytes``) into the
+typed example again.
 
 A builder subclass says which original files each split reads (relative paths under the
 manual directory) and how to read them; the
