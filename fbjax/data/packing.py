@@ -14,7 +14,8 @@ All three give the same per-completion log-probs (tested against the model), so 
 purely about wasted compute, which :func:`layout_stats` reports.
 
 Truncation policy (applied per group by :func:`truncate_group` before packing): the prompt keeps
-its last ``max_prompt_len`` tokens (the end of a conversation matters most), each completion keeps
+its last ``max_prompt_len`` tokens (the end of a conversation matters most; where that would leave
+its completions no room in the row, its last half row), each completion keeps
 its first ``max_completion_len`` tokens, and if the group (packed) or a (prompt, completion)
 sequence (padded) still does not fit ``seq_len`` the longest completions are cut further from
 the right.
@@ -76,20 +77,28 @@ def truncate_group(
     prompt; squeezing a pair into one row's budget left the paper variants' 512-token rows with
     256-token prompts no room at all.
     """
-    prompt = group.prompt[-max_prompt_len:]
     comps = [c[:max_completion_len] for c in group.completions]
     masks = None if group.masks is None else [m[:max_completion_len] for m in group.masks]
     n = len(comps)
-    if packed:
-        budgets = [seq_len - (len(prompt) if share_prefix else len(prompt) * n)]
-        parts = [list(range(n))]
-    else:
-        budgets, parts = [seq_len - len(prompt)] * n, [[i] for i in range(n)]
+    copies = 1 if share_prefix or not packed else n  # prompt copies in the prompt's row
+
+    def budgets_for(prompt_len: int) -> tuple[list[int], list[list[int]]]:
+        if packed:
+            return [seq_len - prompt_len * copies], [list(range(n))]
+        return [seq_len - prompt_len] * n, [[i] for i in range(n)]
+
+    prompt = group.prompt[-max_prompt_len:]
+    budgets, parts = budgets_for(len(prompt))
+    if any(b < len(p) for b, p in zip(budgets, parts)):
+        # max_prompt_len set for a longer row (a paper's 256 of 512, run at seq_len=256): the
+        # prompt keeps its last half row's worth of tokens, so the completions keep the rest.
+        prompt = group.prompt[-max(1, seq_len // (2 * copies)):]
+        budgets, parts = budgets_for(len(prompt))
     for budget, part in zip(budgets, parts):
         if budget < len(part):
             raise ValueError(
                 f"a prompt of {len(prompt)} tokens leaves no room for {len(part)} completion(s) "
-                f"in seq_len={seq_len}; lower data.max_prompt_len"
+                f"in train.seq_len={seq_len}; raise train.seq_len or lower train.max_prompt_len"
             )
         while sum(len(comps[i]) for i in part) > budget:
             longest = max(part, key=lambda i: len(comps[i]))

@@ -47,7 +47,26 @@ def test_truncation_is_idempotent():
     assert _lens(once) == _lens(twice)
 
 
-def test_a_prompt_that_leaves_no_room_names_the_setting():
-    with pytest.raises(ValueError, match="max_prompt_len"):
-        truncate_group(_group(prompt=8), seq_len=16, max_prompt_len=8, max_completion_len=12,
+def test_a_row_too_short_for_its_completions_names_the_settings():
+    # Three prompt copies and three completions cannot share a 4-token row at any prompt length.
+    with pytest.raises(ValueError, match="raise train.seq_len or lower train.max_prompt_len"):
+        truncate_group(_group(prompt=8, completions=(10, 4, 3)), seq_len=4, max_prompt_len=8,
+                       max_completion_len=12,
                        share_prefix=False)
+
+
+def test_a_prompt_longer_than_the_row_keeps_its_last_half_row():
+    # A paper's max_prompt_len=256 of 512, run with seq_len=256: the prompt would fill the row.
+    group = Group(np.arange(300), (np.arange(50), np.arange(90)))
+    padded = truncate_group(group, seq_len=256, max_prompt_len=256,
+                                    max_completion_len=256, share_prefix=False, packed=False)
+    assert padded.prompt.tolist() == list(range(172, 300))  # its last 128 tokens
+    assert [len(c) for c in padded.completions] == [50, 90]
+    # Packed without sharing, the prompt is in the row once per completion: a quarter each.
+    packed = truncate_group(group, seq_len=256, max_prompt_len=256,
+                                    max_completion_len=256, share_prefix=False, packed=True)
+    assert len(packed.prompt) == 64 and sum(len(c) for c in packed.completions) <= 256 - 128
+    # A prompt that fits is cut to max_prompt_len only, as before.
+    fits = truncate_group(group, seq_len=512, max_prompt_len=200,
+                                  max_completion_len=256, share_prefix=False, packed=False)
+    assert fits.prompt.tolist() == list(range(100, 300))
