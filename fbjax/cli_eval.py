@@ -316,25 +316,12 @@ def evaluate_run(
         else:
             judge = feedback.load_judge(settings.judge, feedback.PairwiseTemplate(),
                                         both_orders=True)
-            report["judge"] = judge_win_rate(judge, baseline_prompts, policy_texts, baseline)
+            report["judge"] = feedback.judge_win_rate(judge, baseline_prompts, policy_texts,
+                                                      baseline)
     done("judge")
     bar.close()
     report["skipped"] = skipped
     return report, arrays
-
-
-def judge_win_rate(judge: Any, prompts: Sequence[str], a: Sequence[str],
-                   b: Sequence[str]) -> dict[str, float]:
-    """The judge's pairwise verdicts as a win rate of ``a`` over ``b``: a win counts 1, a loss
-    0; verdicts that do not parse or change with the order count as ties (1/2), and their
-    number is reported (``undecided``)."""
-    from fbjax import feedback
-
-    fb = judge(feedback.Responses.of(prompts, [[x, y] for x, y in zip(a, b)]))
-    wins = sum(r.meta["chosen_index"] == 0 for r in fb.records)
-    undecided = len(prompts) - len(fb.records)
-    return {"win_rate": (wins + 0.5 * undecided) / max(len(prompts), 1),
-            "decided": float(len(fb.records)), "undecided": float(undecided)}
 
 
 # ----------------------------------------------------------------------------- output

@@ -119,3 +119,21 @@ def test_eval_errors_are_one_line(workdir, tmp_path, capsys):
     assert "kl" not in report["samples"] and "preference" not in report
     assert "no reference parameters" in report["skipped"]["reference"]
     assert report["baseline"] == "chosen"
+
+
+@pytest.mark.slow
+def test_load_judge_from_a_run_and_from_its_hf_export(workdir, tmp_path):
+    """A judge loads from a run's workdir and from a Hugging Face export of the same weights;
+    both write the same greedy answers, and every response is a record or a counted failure."""
+    from fbjax import feedback
+
+    template = feedback.JudgmentTemplate(text="{prompt}{response}",
+                                         labels={"1": 1.0, "2": 0.0})
+    options = dict(sampling_config=SamplingConfig(max_new_tokens=4, temperature=0.0))
+    from_run = feedback.load_judge(workdir, template, **options)
+    analysis.export_hf(analysis.load_policy(workdir), tmp_path / "hf")
+    from_hf = feedback.load_judge(tmp_path / "hf", template, **options)
+    batch = feedback.Responses.of(["1+1=", "9-3="], [["2", "3"], ["6", "12"]])
+    a, b = from_run(batch), from_hf(batch)
+    assert a == b
+    assert len(a.records) + len(a.failures) == 4

@@ -220,6 +220,24 @@ class LocalJudge:
                         _stats(batch, records, failures, None, inconsistent=inconsistent))
 
 
+def judge_win_rate(judge: Any, prompts: Sequence[str], a: Sequence[str],
+                   b: Sequence[str]) -> dict[str, float]:
+    """How often a pairwise judge prefers ``a[i]`` over ``b[i]``: a win counts 1, a loss 0, and
+    a verdict that does not parse (or, with ``both_orders``, changes with the order) 1/2; the
+    number of those is reported as ``undecided``. ``judge`` is a :class:`LocalJudge` with a
+    :class:`PairwiseTemplate`, or any provider whose ``PairedExample`` records carry
+    ``meta["chosen_index"]`` and ``meta["prompt_index"]``."""
+    if not len(prompts) == len(a) == len(b):
+        raise ValueError(f"{len(prompts)} prompts, {len(a)} and {len(b)} responses")
+    if not prompts:
+        raise ValueError("judge win rate of no responses")
+    fb = judge(Responses.of(prompts, [[x, y] for x, y in zip(a, b)]))
+    wins = sum(r.meta["chosen_index"] == 0 for r in fb.records)
+    undecided = len(prompts) - len(fb.records)
+    return {"win_rate": (wins + 0.5 * undecided) / len(prompts),
+            "decided": float(len(fb.records)), "undecided": float(undecided)}
+
+
 def _scalars(meta: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON-scalar entries of a response's metadata (records' ``meta`` holds only those)."""
     return {k: v for k, v in meta.items()
@@ -238,6 +256,7 @@ def load_judge(
     (``config.json`` + safetensors + tokenizer) or an ``fbjax convert`` output. Never downloads:
     a path that is not an existing directory is an error. ``options`` go to :class:`LocalJudge`.
     """
+    from fbjax import analysis
     from fbjax import tokenizer as tok
     from fbjax.models import hf
     from fbjax.models import io as model_io
@@ -246,8 +265,9 @@ def load_judge(
     if not os.path.isdir(path):
         raise FileNotFoundError(f"judge checkpoint {path!r} is not a local directory (judges "
                                 "are never downloaded)")
-    if not os.path.isfile(os.path.join(path, hf.CONFIG_FILE)):
-        from fbjax import analysis
+    # A run's workdir also holds a config.json (the experiment's), so checkpoints/ decides.
+    is_run = os.path.isdir(os.path.join(path, analysis.CHECKPOINTS_SUBDIR))
+    if is_run or not os.path.isfile(os.path.join(path, hf.CONFIG_FILE)):
 
         policy = analysis.load_policy(path, step)
         if policy.tokenizer is None:

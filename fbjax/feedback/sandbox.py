@@ -120,7 +120,9 @@ class SandboxLimits:
     cpu_limit_s: int = 5  # RLIMIT_CPU
     memory_limit_bytes: int = 1 << 30  # RLIMIT_AS, the interpreter itself needs ~30 MB
     file_size_limit_bytes: int = 1 << 20  # RLIMIT_FSIZE
-    process_limit: int = 0  # RLIMIT_NPROC; 0 = unset (it counts every process of the user)
+    # RLIMIT_NPROC counts every process and thread of the user, so 1 forbids any new one; the
+    # kernel does not apply it to root, for whom the audit hook alone stops new processes.
+    process_limit: int = 1
     output_limit_chars: int = 4000  # the stdout/stderr kept in the result
 
     def __post_init__(self):

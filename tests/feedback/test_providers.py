@@ -201,6 +201,21 @@ def test_pairwise_judge_and_position_bias(judge_model):
     assert biased.failures[0].reason == "verdict changes with the order of the responses"
 
 
+def test_judge_win_rate():
+    tok = CharTokenizer()
+    # The input ends with the second response; the judge prefers whichever response ends in
+    # "x": "B" when the second does, "A" when the second ends in "z" (so the first is the x).
+    config, params = bigram_judge({"x": "B", "z": "A", "A": "", "B": ""}, tok)
+    judge = feedback.LocalJudge(params, config, tok,
+                                feedback.PairwiseTemplate(text="{first}:{second}"),
+                                sampling_config=GREEDY, both_orders=True)
+    got = feedback.judge_win_rate(judge, ["0", "1", "2", "3"], ["0x", "1z", "2x", "3q"],
+                                  ["0z", "1x", "2x", "3z"])
+    # wins: 0x over 0z; loss: 1z to 1x; 2x vs 2x: "B" then "B", inconsistent; 3q vs 3z: "A"
+    # (first) then, swapped, the input ends in q: EOS, unparseable. 1 + 0.5 + 0.5 of 4.
+    assert got == {"win_rate": 2 / 4, "decided": 2.0, "undecided": 2.0}
+
+
 def test_load_judge_reads_local_directories_only(tmp_path, judge_model):
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         feedback.load_judge(str(tmp_path / "org/model"), feedback.CritiqueTemplate())
