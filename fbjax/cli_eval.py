@@ -37,7 +37,8 @@ import argparse
 import dataclasses
 import json
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -69,6 +70,18 @@ def checkpoint_root(workdir: str | os.PathLike, stage: str | None = None) -> str
         raise ValueError(f"{workdir} holds several stages; pass --stage (one of: "
                          f"{', '.join(stages)})")
     raise FileNotFoundError(f"{workdir} has no {CHECKPOINTS}/ and no stage directories with one")
+
+
+def _workdir_tokenizer(workdir: str | os.PathLike, root: str) -> Any:
+    """The run's tokenizer when it is not next to the stage's checkpoints: the workdir's."""
+    from fbjax import tokenizer as tok
+    from fbjax.hf_tokenizer import TOKENIZER_FILE
+
+    workdir = os.path.abspath(os.fspath(workdir))
+    if any(os.path.isfile(os.path.join(workdir, n)) for n in (tok.SENTENCEPIECE_FILE,
+                                                               TOKENIZER_FILE)):
+        return tok.load_tokenizer(workdir)
+    raise ValueError(f"{root}: no tokenizer saved next to the checkpoints or in {workdir}")
 
 
 def _stages(workdir: str) -> list[str]:
@@ -206,7 +219,7 @@ def evaluate_run(
 
     policy = analysis.load_policy(root, settings.step)
     if policy.tokenizer is None:
-        raise ValueError(f"{root}: the run saved no tokenizer next to its checkpoints")
+        policy = dataclasses.replace(policy, tokenizer=_workdir_tokenizer(workdir, root))
     config = policy.config or {}
     chunk = int((config.get("train") or {}).get("logprob_chunk", 8192))
     beta = settings.beta

@@ -4,6 +4,7 @@ one function that knows the workdir layout."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -111,10 +112,14 @@ def test_eval_errors_are_one_line(workdir, tmp_path, capsys):
                      str(tmp_path / "x.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "stage 'dpo' has no checkpoints/" in err[0]
-    # Without a reference (sft keeps none) KL and margins are skipped, and say why.
+    # A staged layout (<workdir>/<stage>/checkpoints, the tokenizer in the workdir), and no
+    # reference (SFT keeps none): KL and margins are skipped, and the report says why.
+    staged = tmp_path / "staged"
+    shutil.copytree(workdir / "checkpoints", staged / "sft" / "checkpoints")
+    shutil.copy(workdir / "tokenizer.model", staged / "tokenizer.model")
     out = tmp_path / "noref.json"
-    assert cli.main(["eval", "--workdir", str(workdir), "--out", str(out), "--num-prompts",
-                     "4", "--max-new-tokens", "4", "--no-progress"]) == 0
+    assert cli.main(["eval", "--workdir", str(staged), "--stage", "sft", "--out", str(out),
+                     "--num-prompts", "4", "--max-new-tokens", "4", "--no-progress"]) == 0
     report = json.loads(out.read_text())
     assert "kl" not in report["samples"] and "preference" not in report
     assert "no reference parameters" in report["skipped"]["reference"]
@@ -129,7 +134,7 @@ def test_load_judge_from_a_run_and_from_its_hf_export(workdir, tmp_path):
 
     template = feedback.JudgmentTemplate(text="{prompt}{response}",
                                          labels={"1": 1.0, "2": 0.0})
-    options = dict(sampling_config=SamplingConfig(max_new_tokens=4, temperature=0.0))
+    options = {"sampling_config": SamplingConfig(max_new_tokens=4, temperature=0.0)}
     from_run = feedback.load_judge(workdir, template, **options)
     analysis.export_hf(analysis.load_policy(workdir), tmp_path / "hf")
     from_hf = feedback.load_judge(tmp_path / "hf", template, **options)

@@ -42,7 +42,7 @@ def models():
 
 
 def _pairs():
-    ids = lambda *t: np.asarray(t, np.int32)  # noqa: E731
+    ids = lambda *t: np.asarray(t, np.int32)
     return [
         packing.Group(ids(1, 5), (ids(T, T, 3), ids(4, 4, 4))),  # margin 2 delta
         packing.Group(ids(1, 9, 9), (ids(3,), ids(T, 3, 3))),  # -delta + 2 log Z

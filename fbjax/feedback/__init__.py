@@ -36,8 +36,8 @@ from fbjax.feedback.provider import (
     Preferences,
     Rankings,
     Responses,
-    Scorer,
     ScoreFunction,
+    Scorer,
     Thumbs,
     Unparseable,
 )

@@ -23,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 
@@ -146,8 +147,8 @@ class LocalJudge:
     model_config: ModelConfig
     tokenizer: Any = dataclasses.field(repr=False)
     template: PerResponseTemplate | PairwiseTemplate
-    sampling_config: sampling.SamplingConfig = sampling.SamplingConfig(
-        max_new_tokens=64, temperature=0.0)
+    sampling_config: sampling.SamplingConfig = dataclasses.field(
+        default_factory=lambda: sampling.SamplingConfig(max_new_tokens=64, temperature=0.0))
     both_orders: bool = False
     seed: int = 0
     batch_size: int = 64

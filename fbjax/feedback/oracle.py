@@ -10,7 +10,8 @@ the oracle through the same interface as a reward model or a judge.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 

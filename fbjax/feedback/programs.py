@@ -20,7 +20,8 @@ import gzip
 import importlib.util
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from fbjax.data import examples as ex
 from fbjax.feedback.provider import Feedback, Responses, _meta, _stats, split_scores
@@ -94,7 +95,7 @@ class ProgramExecution:
     are in :attr:`Feedback.scores`, the pass rate in ``stats["feedback/pass_rate"]``.
     """
 
-    limits: SandboxLimits = SandboxLimits()
+    limits: SandboxLimits = dataclasses.field(default_factory=SandboxLimits)
     workers: int = 2
 
     def run(self, batch: Responses) -> list[Execution]:
@@ -103,9 +104,12 @@ class ProgramExecution:
         for i, _, text in batch.flat():
             meta = batch.metadata[i]
             for key in ("test", "entry_point"):
-                if not isinstance(meta.get(key), str):
-                    raise ValueError(f"program execution: metadata[{i}] has no string "
-                                     f"{key!r} (the unit tests to run)")
+                if key not in meta:
+                    raise ValueError(f"program execution: metadata[{i}] has no {key!r} (the "
+                                     "unit tests to run)")
+                if not isinstance(meta[key], str):
+                    raise TypeError(f"program execution: metadata[{i}][{key!r}] is "
+                                    f"{type(meta[key]).__name__}, not str")
             sources.append(program_source(batch.prompt_text(i), text, meta["test"],
                                           meta["entry_point"]))
         with concurrent.futures.ThreadPoolExecutor(max(1, self.workers)) as pool:

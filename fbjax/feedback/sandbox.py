@@ -168,7 +168,7 @@ def network_namespace_available() -> bool:
         return False
     try:
         done = subprocess.run([exe, "-rn", sys.executable, "-c", "pass"], capture_output=True,
-                              timeout=30, env={})
+                              timeout=30, env={}, check=False)
     except (OSError, subprocess.SubprocessError):
         return False
     return done.returncode == 0

@@ -3,7 +3,7 @@ greedy continuation of a text depends only on its last character, by constructio
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fbjax import feedback, sim
-from fbjax.data import examples as ex
 from fbjax.data import encode
+from fbjax.data import examples as ex
 from fbjax.models.decoder import Decoder, token_rewards
 from fbjax.sampling import SamplingConfig
 from tests.feedback.helpers import CharTokenizer, bigram_judge, init_params

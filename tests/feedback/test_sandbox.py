@@ -3,7 +3,6 @@ correct and an incorrect HumanEval solution get pass / fail with the error text.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 
@@ -104,7 +103,7 @@ def test_network_namespace_blocks_even_without_the_audit_hook(local_server):
     probe = (f"import socket\ns = socket.socket()\ns.settimeout(3)\n"
              f"print(s.connect_ex(('127.0.0.1', {port})))")
     out = subprocess.run([shutil.which("unshare"), "-rn", sys.executable, "-c", probe],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0 and int(out.stdout) != 0 and not accepted
 
 
@@ -155,5 +154,5 @@ def test_every_canonical_solution_passes(problems):
 
 def test_missing_tests_are_an_error():
     batch = feedback.Responses.of(["def f():\n"], ["    return 1\n"], [{"test": "x"}])
-    with pytest.raises(ValueError, match=r"metadata\[0\] has no string 'entry_point'"):
+    with pytest.raises(ValueError, match=r"metadata\[0\] has no 'entry_point'"):
         feedback.ProgramExecution()(batch)
