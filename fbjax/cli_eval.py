@@ -232,6 +232,9 @@ def evaluate_run(
                              "FILE.jsonl with prompts (and chosen/rejected pairs)")
         data = sim_data(task, settings.num_prompts, settings.seed)
     ref, ref_source = _load_reference(root, settings, skipped)
+    if ref is not None and ref.model_config != policy.model_config:
+        raise ValueError(f"reference {ref_source} has a different model config from the "
+                         f"policy {root}; log-prob differences between them are not KLs")
     done("loaded")
     report: dict[str, Any] = {
         "checkpoint_root": root, "step": policy.step, "reference": ref_source,
