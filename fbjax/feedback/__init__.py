@@ -18,6 +18,7 @@ from fbjax.feedback.judge import (
     LocalJudge,
     PairwiseTemplate,
     RefinementTemplate,
+    judge_sft_pairs,
     judge_win_rate,
     load_judge,
 )
@@ -49,5 +50,5 @@ __all__ = [
     "JudgmentTemplate", "LocalJudge", "Oracle", "OracleScores", "PairwiseTemplate",
     "PerResponse", "Preferences", "ProgramExecution", "Rankings", "RefinementTemplate",
     "Responses", "RewardModelScores", "SandboxLimits", "ScoreFunction", "Scorer", "Thumbs",
-    "Unparseable", "humaneval_responses", "judge_win_rate", "load_humaneval", "load_judge", "run_python",
+    "Unparseable", "humaneval_responses", "judge_sft_pairs", "judge_win_rate", "load_humaneval", "load_judge", "run_python",
 ]

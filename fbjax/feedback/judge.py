@@ -30,6 +30,7 @@ import jax
 
 from fbjax import evaluation, sampling
 from fbjax.data import examples as ex
+from fbjax.data.encode import default_prompt_text
 from fbjax.feedback.provider import Failure, Feedback, Responses, Unparseable, _meta, _stats
 from fbjax.models.config import ModelConfig
 
@@ -61,6 +62,11 @@ class CritiqueTemplate:
         return ex.FeedbackExample(prompt=prompt, completion=response, feedback=critique,
                                   kind="critique", meta=meta)
 
+    def sft_pairs(self, record: ex.FeedbackExample) -> list[tuple[str, str]]:
+        """What a judge trained to write this record's critique sees and writes."""
+        return [(self.render(default_prompt_text(record.prompt), record.completion, {}),
+                 record.feedback)]
+
 
 @dataclasses.dataclass(frozen=True)
 class JudgmentTemplate:
@@ -84,6 +90,14 @@ class JudgmentTemplate:
                                           meta=meta)
         raise Unparseable(f"answer does not start with one of {sorted(self.labels)}", answer)
 
+    def sft_pairs(self, record: ex.FeedbackExample) -> list[tuple[str, str]]:
+        """The judge's input and the record's verdict, which must start with a label (the
+        record's ``score`` may be finer than the labels, e.g. the simulator's partial credit,
+        so it is not compared)."""
+        self.record(record.prompt, record.completion, record.feedback, {})
+        return [(self.render(default_prompt_text(record.prompt), record.completion, {}),
+                 record.feedback)]
+
 
 @dataclasses.dataclass(frozen=True)
 class RefinementTemplate:
@@ -106,6 +120,13 @@ class RefinementTemplate:
                                   feedback=str(meta.get("feedback", "")), kind="refinement",
                                   refinement=refined, meta=meta)
 
+    def sft_pairs(self, record: ex.FeedbackExample) -> list[tuple[str, str]]:
+        """The judge's input (with the record's feedback) and the record's refinement."""
+        if record.refinement is None:
+            raise ValueError("a refinement judge is trained on records with a refinement")
+        return [(self.render(default_prompt_text(record.prompt), record.completion,
+                             {"feedback": record.feedback}), record.refinement)]
+
 
 @dataclasses.dataclass(frozen=True)
 class PairwiseTemplate:
@@ -127,6 +148,12 @@ class PairwiseTemplate:
                 return index
         raise Unparseable(f"answer does not start with {self.first!r} or {self.second!r}",
                           answer)
+
+    def sft_pairs(self, record: ex.PairedExample) -> list[tuple[str, str]]:
+        """Both orders of the pair, so the judge learns no position preference."""
+        prompt = default_prompt_text(record.prompt)
+        return [(self.render_pair(prompt, record.chosen, record.rejected), self.first),
+                (self.render_pair(prompt, record.rejected, record.chosen), self.second)]
 
 
 PerResponseTemplate = CritiqueTemplate | JudgmentTemplate | RefinementTemplate
@@ -219,6 +246,20 @@ class LocalJudge:
                            **_scalars(batch.metadata[i]))))
         return Feedback(tuple(records), tuple(failures), None,
                         _stats(batch, records, failures, None, inconsistent=inconsistent))
+
+
+def judge_sft_pairs(template: PerResponseTemplate | PairwiseTemplate,
+                    records: Sequence[ex.Example]) -> list[tuple[str, str]]:
+    """(input, answer) texts for training a judge (``fbjax.data.encode.sft``) on feedback
+    records, e.g. the simulator oracle's critiques, rendered by the same ``template`` the judge
+    is later prompted with, so training and use see identical inputs."""
+    out = []
+    for i, record in enumerate(records):
+        try:
+            out += template.sft_pairs(record)
+        except (ValueError, Unparseable) as e:
+            raise ValueError(f"judge training record {i}: {e}") from None
+    return out
 
 
 def judge_win_rate(judge: Any, prompts: Sequence[str], a: Sequence[str],

@@ -219,3 +219,27 @@ def test_judge_win_rate():
 def test_load_judge_reads_local_directories_only(tmp_path, judge_model):
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         feedback.load_judge(str(tmp_path / "org/model"), feedback.CritiqueTemplate())
+
+
+def test_judge_training_pairs_round_trip_through_the_templates():
+    """A judge trained on these pairs and answering perfectly gives back the oracle's records."""
+    task = sim.make_task("arithmetic")
+    prompts, responses = ["12+7=", "12+7=", "5-3="], ["19", "18", "2"]
+    judgments = sim.feedback.judgments(task, prompts, responses)
+    template = feedback.JudgmentTemplate()  # labels Correct / Incorrect: the simulator's
+    pairs = feedback.judge_sft_pairs(template, judgments)
+    assert pairs[1] == ("12+7=18\nJudgment:", "Incorrect: the ones digit is wrong.")
+    for (_, answer), record in zip(pairs, judgments):
+        back = template.record(record.prompt, record.completion, answer, {})
+        assert back.feedback == record.feedback
+        assert back.score == float(record.score == 1.0)  # the verdict of the oracle's reward
+    refs = feedback.judge_sft_pairs(feedback.RefinementTemplate(),
+                                    sim.feedback.refinements(task, prompts, responses))
+    assert refs[1] == ("12+7=18\nFeedback: The ones digit should be 9, not 8.\nImproved:", "19")
+    pair = ex.PairedExample(prompt=ex.user_prompt("1+1="), chosen="2", rejected="3")
+    assert feedback.judge_sft_pairs(feedback.PairwiseTemplate(), [pair]) == [
+        ("1+1=\nA: 2\nB: 3\nBetter:", "A"), ("1+1=\nA: 3\nB: 2\nBetter:", "B")]
+    wrong = ex.FeedbackExample(prompt=ex.user_prompt("1+1="), completion="3",
+                               feedback="Wrong.", kind="judgment", score=0.0)
+    with pytest.raises(ValueError, match="record 0: answer does not start with one of"):
+        feedback.judge_sft_pairs(template, [wrong])
