@@ -1,9 +1,10 @@
-"""The ``fbjax`` command line: ``train``, ``convert``, ``inspect``.
+"""The ``fbjax`` command line: ``train``, ``convert``, ``inspect``, ``eval``.
 
     fbjax train --experiment PATH_OR_MODULE[:VARIANT] --workdir DIR [--set a.b=value ...]
                 [--print-config] [--verbose]
     fbjax convert --from-hf HF_DIR --out DIR        |  fbjax convert --to-hf CKPT --out HF_DIR
     fbjax inspect CKPT_DIR
+    fbjax eval --workdir DIR [--stage NAME] [--step N] --out FILE   (see fbjax.cli_eval)
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("checkpoint_dir")
     inspect.add_argument("--step", type=int, default=None)
     inspect.set_defaults(func=_inspect)
+
+    from fbjax.cli_eval import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 
