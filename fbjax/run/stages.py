@@ -232,10 +232,14 @@ def train_stage(ctx: Run, stage: TrainStage) -> Trained:
     )
     needs_reference = objective.needs_reference and stage.head is None
     if needs_reference and stage.reference_cache and caches_reference(objective):
+        # The cache packs each group's completions behind one prompt copy, so a padded
+        # layout's group may need up to two rows' worth of tokens there.
+        truncated = refcache.Truncation.from_train(stage.train).apply(groups)
+        longest = max(len(g.prompt) + sum(len(c) for c in g.completions) for g in truncated)
         groups = refcache.for_config(
             job, groups, reference, cache_dir=os.path.join(ctx.workdir, "reference_cache"),
-            num_rows=stage.train.batch, num_slots=stage.train.slots_per_row, mesh=ctx.mesh,
-            rules=config.mesh.rules)
+            num_rows=stage.train.batch, seq_len=max(stage.train.seq_len, longest),
+            num_slots=stage.train.slots_per_row, mesh=ctx.mesh, rules=config.mesh.rules)
     stream = batch_stream(stage.train, model, groups, seed=config.seed, mesh=ctx.mesh)
     history_path = os.path.join(stage_dir, "history.jsonl")
     logged: list[dict] = []
