@@ -253,7 +253,7 @@ def c3po(
     scope: ArrayLike,
     *,
     beta: float = 0.1,
-    near_scope_weight: float = 0.2,
+    near_scope_weight: float = 0.1,
     out_of_scope_weight: float = 0.2,
 ) -> tuple[Array, Metrics]:
     r"""C3PO: apply verbal feedback where it is relevant, keep the original model elsewhere.
@@ -272,10 +272,16 @@ def c3po(
 
     with :math:`\rho(y) = \log\pi_\theta(y) - \log\pi_{\text{ref}}(y)`. The likelihood of the
     *original* model's completions on prompts where the feedback does not apply is what keeps
-    the feedback from overgeneralising. The step averages over the examples of a batch, so the
-    paper's :math:`\mathbb{E}_{in} + \lambda_1\mathbb{E}_{near} + \lambda_2\mathbb{E}_{out}`
-    is recovered up to the (constant) mixture proportions of the data. Defaults: the DPO
-    :math:`\beta = 0.1`; :math:`\lambda_1 = \lambda_2 = 0.2` are ours, not taken from the paper.
+    the feedback from overgeneralising. The released trainer (``src/lcdpo.py``, config
+    ``configs/config_lcdpo.json``) adds three batch means, :math:`\text{DPO} + \lambda_1
+    \text{CE}_{near} + \lambda_2 \text{CE}_{out}` (CE the token-mean cross-entropy; its
+    distillation term is off, ``lcdpo_lambda = 0``); the step here averages over all examples of
+    a batch, so with in-, near- and out-of-scope examples in proportions :math:`q_{in}, q_{near},
+    q_{out}` it minimises :math:`q_{in}\text{DPO} + q_{near}\lambda_1\text{CE}_{near} +
+    q_{out}\lambda_2\text{CE}_{out}`, the reference's loss times :math:`1/3` for the paper's
+    1:1:1 mix. Defaults as released: DPO :math:`\beta = 0.1`, :math:`\lambda_1 = 0.1`
+    (``lcdpo_sigma_hard``, near scope), :math:`\lambda_2 = 0.2` (``lcdpo_sigma_soft``, out of
+    scope).
 
     Args:
         policy_logps: ``[N]`` summed completion log-probs of each slot.
@@ -287,8 +293,8 @@ def c3po(
         scope: ``[N]`` ``SCOPE_IN_CHOSEN``, ``SCOPE_IN_REJECTED`` (loss 0: read as a partner),
             ``SCOPE_NEAR`` or ``SCOPE_OUT``.
         beta: DPO inverse temperature :math:`\beta`.
-        near_scope_weight: :math:`\lambda_1`.
-        out_of_scope_weight: :math:`\lambda_2`.
+        near_scope_weight: :math:`\lambda_1` (released: 0.1).
+        out_of_scope_weight: :math:`\lambda_2` (released: 0.2).
 
     Returns:
         ``(loss [N], metrics)``: ``rewards/margin``, ``rewards/accuracy`` (in-scope pairs),
@@ -297,7 +303,8 @@ def c3po(
 
     References:
         Stephan, Khazatsky, Mitchell, Chen, Hsu, Sharma, Finn 2024, "RLVF: Learning from Verbal
-        Feedback without Overgeneralization", arXiv:2402.10893, Sec. 4 (C3PO objective).
+        Feedback without Overgeneralization", arXiv:2402.10893, Sec. 4 (C3PO objective);
+        austrian-code-wizard/c3po ``src/lcdpo.py``, ``configs/config_lcdpo.json`` (weights).
 
     Examples:
         >>> import jax.numpy as jnp, math
@@ -305,7 +312,7 @@ def c3po(
         >>> partner = jnp.array([-6.0, 0.0, 0.0])
         >>> loss, _ = c3po(lp, partner, jnp.full(3, -5.0), jnp.array([-5.0, 0.0, 0.0]),
         ...                jnp.array([2.0, 2.0, 3.0]), jnp.array([1.0, 2.0, 4.0]), beta=1.0)
-        >>> print([round(v, 4) for v in loss.tolist()])  # softplus(-2), 0, 0.2 * 3 / 3
+        >>> print([round(v, 4) for v in loss.tolist()])  # softplus(-2), 0, 0.2 * 3 / 3 (out)
         [0.1269, 0.0, 0.2]
     """
     kind = _float(scope)

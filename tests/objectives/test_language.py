@@ -406,3 +406,27 @@ def test_extreme_inputs_finite():
 def test_doctests():
     result = doctest.testmod(L, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_c3po_defaults_reproduce_the_released_loss():
+    # The released trainer: DPO(beta 0.1) + 0.1 * CE_near + 0.2 * CE_out (token means). One
+    # in-scope pair, one near- and one out-of-scope example (1:1:1); the step's batch mean
+    # through the real layout is that loss / 3.
+    from fbjax.train import language_inputs as LI
+    from fbjax.train.objective import SequenceStats, apply_objective
+
+    lp = jnp.array([-4.0, -9.0, -6.0, -10.0])
+    ref = jnp.array([-5.0, -7.0, -6.0, -10.0])
+    lengths = jnp.array([2.0, 3.0, 3.0, 4.0])
+    scope = jnp.array([L.SCOPE_IN_CHOSEN, L.SCOPE_IN_REJECTED, L.SCOPE_NEAR, L.SCOPE_OUT])
+    stats = SequenceStats(
+        logps=lp, lengths=lengths, valid=jnp.ones(4), ref_logps=ref,
+        token_logps=jnp.zeros((1, 12)), token_mask=jnp.ones((1, 12)), ref_token_logps=None,
+        fields={"scope": scope},
+    )
+    loss_sum, count, _, _ = apply_objective(LI.c3po(), stats, None, jax.random.PRNGKey(0))
+    # rho_w = 1, rho_l = -2: DPO = softplus(-0.1 * 3); CE_near = 6 / 3 = 2; CE_out = 10 / 4.
+    released = math.log1p(math.exp(-0.3)) + 0.1 * 2.0 + 0.2 * 2.5
+    assert float(count) == 3.0
+    assert float(loss_sum) / float(count) * 3.0 == pytest.approx(released, rel=1e-6)
+    assert released == pytest.approx(1.2543552444, rel=1e-9)
