@@ -446,12 +446,17 @@ def sami_groups(
     tokenizer,
     *,
     context: Callable[[str, str], str] = sami_prompt,
+    score_eos: bool = False,
 ) -> list[Group]:
     """One group per query ``(x, constitutions c_1..c_n, responses y_1..y_n)`` (``y_j`` sampled
     under ``c_j``) with ``n * n`` slots: slot ``i * n + j`` is ``y_j`` under ``(x, c_i)``, so
     ``inputs.listwise(n * n)`` reshaped to ``[G, n, n]`` is SAMI's matrix ``L_ij``
     (``fbjax.train.language_inputs.sami_matrix``). ``train.slots_per_row`` must be a multiple
-    of ``n * n``."""
+    of ``n * n``.
+
+    Each response ends in EOS, unscored by default as in SAMI's released code (``_get_mask``:
+    responses are cut at the first EOS when sampled, so its probability says nothing about the
+    constitution); ``score_eos=True`` scores it."""
     groups = []
     for query, constitutions, responses in data:
         if len(constitutions) != len(responses):
@@ -460,7 +465,10 @@ def sami_groups(
             )
         contexts = [encode.prompt_ids(tokenizer, context(query, c)) for c in constitutions]
         ys = [_scored_ids(tokenizer, y) for y in responses]
-        groups.append(multi_prompt_group([(c, y, None) for c in contexts for y in ys]))
+        weights = [np.concatenate([np.ones(len(y) - 1), [float(score_eos)]]) for y in ys]
+        groups.append(multi_prompt_group(
+            [(c, y, w) for c in contexts for y, w in zip(ys, weights)]
+        ))
     return groups
 
 

@@ -344,11 +344,18 @@ def c3po(
 # ----------------------------------------------------------------------------- SAMI
 
 
-def sami(logp_matrix: ArrayLike, valid: ArrayLike) -> tuple[Array, Metrics]:
+def sami(
+    logp_matrix: ArrayLike,
+    lengths: ArrayLike,
+    valid: ArrayLike,
+    *,
+    per_token: bool = True,
+) -> tuple[Array, Metrics]:
     r"""SAMI: symmetric InfoNCE between constitutions and the responses sampled under them.
 
     For a query :math:`x`, constitutions :math:`c_1..c_n` and responses :math:`y_j` sampled
-    under :math:`c_j`, with :math:`L_{ij} = \log\pi_\theta(y_j \mid x, c_i)`:
+    under :math:`c_j`, with :math:`L_{ij} = \frac{1}{|y_j|}\log\pi_\theta(y_j \mid x, c_i)`
+    (the *mean* per-token log-prob, the response's EOS not scored):
 
     .. math::
         \mathcal{L} = \frac{1}{2}\Big[\frac{1}{n}\sum_i -\log
@@ -360,10 +367,21 @@ def sami(logp_matrix: ArrayLike, valid: ArrayLike) -> tuple[Array, Metrics]:
     information :math:`I(y; c \mid x)`. Invalid entries (padding) are excluded from both
     normalisers; a row or column whose diagonal entry is invalid is skipped.
 
+    The released code averages token log-probs (``get_batch_logprobs``) and masks the EOS
+    (``_get_mask``; ``fbjax.data.language.sami_groups`` leaves it unscored). With summed
+    log-probs (``per_token=False``, kept for comparison) a row's softmax follows response
+    *length*: a 40-token response has a far lower sum than a 12-token one under every
+    constitution, so the row of the short response is solved by length alone and the row of
+    the long one cannot be; for two responses of 12 and 40 tokens at -1.0 nat per token under
+    their own constitution and -1.5 under the other, the mean gives
+    :math:`\log(1 + e^{-0.5}) = 0.474` and the sum 5.50.
+
     Args:
-        logp_matrix: ``[G, n, n]`` :math:`L_{ij}` per query (summed response log-probs;
-            ``fbjax.train.language_inputs.sami_matrix`` builds it from a batch).
+        logp_matrix: ``[G, n, n]`` summed response log-probs :math:`\log\pi_\theta(y_j \mid
+            x, c_i)` per query (``fbjax.train.language_inputs.sami_matrix`` builds it).
+        lengths: ``[G, n, n]`` scored token counts of the same entries.
         valid: ``[G, n, n]`` 1 for real entries.
+        per_token: divide by ``lengths`` (the released code; default) or use the sums.
 
     Returns:
         ``(loss [G], metrics)``: ``sami/row_accuracy`` (rows whose argmax is the diagonal) and
@@ -372,15 +390,18 @@ def sami(logp_matrix: ArrayLike, valid: ArrayLike) -> tuple[Array, Metrics]:
     References:
         Fränken, Zelikman, Rafailov, Gandhi, Gerstenberg, Goodman 2024, "Self-Supervised
         Alignment with Mutual Information: Learning to Follow Principles without Preference
-        Labels", arXiv:2404.14313, Sec. 3 (SAMI objective).
+        Labels", arXiv:2404.14313, Sec. 3 (SAMI objective); janphilippfranken/sami
+        ``src/sami/trainers/sami_trainer.py`` (token means, EOS masked).
 
     Examples:
         >>> import jax.numpy as jnp, math
         >>> L = jnp.log(jnp.array([[[0.6, 0.2], [0.2, 0.6]]]))
-        >>> loss, _ = sami(L, jnp.ones((1, 2, 2)))
+        >>> loss, _ = sami(L, jnp.ones((1, 2, 2)), jnp.ones((1, 2, 2)))
         >>> print(round(float(loss[0]), 4), round(-math.log(0.75), 4))  # rows = columns here
         0.2877 0.2877
     """
+    if per_token:
+        logp_matrix = _float(logp_matrix) / jnp.maximum(_float(lengths), 1.0)
     lm = _float(logp_matrix)
     v = _float(valid) > 0
     n = lm.shape[-1]

@@ -95,7 +95,8 @@ def scoped_pairs(stats: SequenceStats) -> tuple[dict[str, Array], Array]:
 
 def sami_matrix(num_constitutions: int):
     """SAMI: groups of ``n * n`` slots (``fbjax.data.language.sami_groups``) as the
-    ``[G, n, n]`` matrix ``logp_matrix[g, i, j] = log p(y_j | x, c_i)`` and its ``valid``."""
+    ``[G, n, n]`` matrix ``logp_matrix[g, i, j] = log p(y_j | x, c_i)`` (summed), its token
+    counts ``lengths`` and ``valid``."""
     n = num_constitutions
     grouped = inputs.listwise(n * n)
 
@@ -103,6 +104,7 @@ def sami_matrix(num_constitutions: int):
         arrays, weights = grouped(stats)
         square = {
             "logp_matrix": arrays["policy_logps"].reshape(-1, n, n),
+            "lengths": arrays["lengths"].reshape(-1, n, n),
             "valid": arrays["valid"].reshape(-1, n, n),
         }
         return square, weights

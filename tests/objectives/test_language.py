@@ -52,8 +52,9 @@ def ids(tok, text):
     return out
 
 
-def assert_group(group, tok, prompt, completions):
-    """``completions``: [(parts, ...)] with parts = [(text, weight)], EOS (weight 1) appended."""
+def assert_group(group, tok, prompt, completions, *, eos_weight=1.0):
+    """``completions``: [(parts, ...)] with parts = [(text, weight)], EOS (``eos_weight``)
+    appended."""
     assert group.prompt.tolist() == prompt
     assert len(group.completions) == len(completions)
     for k, parts in enumerate(completions):
@@ -63,7 +64,7 @@ def assert_group(group, tok, prompt, completions):
             tokens += t
             mask += [float(w)] * len(t)
         tokens.append(tok.eos_id)
-        mask.append(1.0)
+        mask.append(eos_weight)
         assert group.completions[k].tolist() == tokens, k
         got_mask = np.ones(len(tokens)) if group.masks is None else group.masks[k]
         assert np.asarray(got_mask).tolist() == mask, k
@@ -178,7 +179,12 @@ def test_sami_groups_layout(tok):
     for c in ("brief", "kind"):  # slot i * n + j: response j under constitution i
         for y in ("hey", "Hi"):
             want.append([(f"{c}\nHi", 0), (y, 1)])
-    assert_group(g, tok, bos + ids(tok, "be "), want)
+    assert_group(g, tok, bos + ids(tok, "be "), want, eos_weight=0.0)
+    # SAMI's released code masks the response's EOS: each completion ends in EOS, weight 0.
+    for c, m in zip(g.completions, g.masks):
+        assert c[-1] == tok.eos_id and m[-1] == 0.0 and m[-2] == 1.0
+    (g1,) = dl.sami_groups([("Hi", ["be brief", "be kind"], ["hey", "Hi"])], tok, score_eos=True)
+    assert all(m[-1] == 1.0 for m in g1.masks)
 
 
 def test_c3po_groups_fields(tok):
@@ -320,24 +326,24 @@ def _infonce_by_hand(m):
 
 def test_sami_matches_hand_infonce_3x3():
     m = [[-2.0, -5.0, -4.0], [-6.0, -1.5, -3.0], [-3.5, -4.5, -2.5]]
-    loss, metrics = L.sami(jnp.array([m]), jnp.ones((1, 3, 3)))
+    loss, metrics = L.sami(jnp.array([m]), jnp.ones((1, 3, 3)), jnp.ones((1, 3, 3)))
     assert float(loss[0]) == pytest.approx(_infonce_by_hand(m), rel=1e-6)
     assert float(metrics["sami/row_accuracy"][0]) == 1.0
     off = [m[i][j] for i in range(3) for j in range(3) if i != j]
     assert float(metrics["sami/diagonal_margin"][0]) == pytest.approx(
         (-2.0 - 1.5 - 2.5) / 3 - sum(off) / 6)
     # Uniform logits: log n both ways.
-    flat, _ = L.sami(jnp.zeros((1, 3, 3)), jnp.ones((1, 3, 3)))
+    flat, _ = L.sami(jnp.zeros((1, 3, 3)), jnp.ones((1, 3, 3)), jnp.ones((1, 3, 3)))
     assert float(flat[0]) == pytest.approx(math.log(3))
 
 
 def test_sami_padding_and_grads():
     m = jnp.array([[[-2.0, -5.0, -4.0], [-6.0, -1.5, -3.0], [-3.5, -4.5, -2.5]]])
     valid = jnp.ones((1, 3, 3)).at[0, 2, :].set(0.0).at[0, :, 2].set(0.0)
-    loss, _ = L.sami(m.at[0, 2, 2].set(1e4), valid)
+    loss, _ = L.sami(m.at[0, 2, 2].set(1e4), jnp.ones((1, 3, 3)), valid)
     sub = [[-2.0, -5.0], [-6.0, -1.5]]
     assert float(loss[0]) == pytest.approx(_infonce_by_hand(sub), rel=1e-6)
-    check_grads(lambda x: L.sami(x, jnp.ones((1, 3, 3)))[0], (m,), order=1, modes=["rev"])
+    check_grads(lambda x: L.sami(x, 2 * jnp.ones((1, 3, 3)), jnp.ones((1, 3, 3)))[0], (m,), order=1, modes=["rev"])
 
 
 def test_c3po_values():
@@ -387,8 +393,8 @@ def test_jit_and_vmap_consistency():
     np.testing.assert_allclose(eager, jitted, rtol=1e-6)
     np.testing.assert_allclose(eager, mapped[:, 0], rtol=1e-6)
     m = jnp.asarray(rng.normal(size=(5, 3, 3)), jnp.float32)
-    e2, _ = L.sami(m, jnp.ones_like(m))
-    v2, _ = jax.vmap(lambda x: L.sami(x[None], jnp.ones((1, 3, 3))))(m)
+    e2, _ = L.sami(m, jnp.ones_like(m), jnp.ones_like(m))
+    v2, _ = jax.vmap(lambda x: L.sami(x[None], jnp.ones((1, 3, 3)), jnp.ones((1, 3, 3))))(m)
     np.testing.assert_allclose(e2, v2[:, 0], rtol=1e-6)
 
 
@@ -399,7 +405,7 @@ def test_extreme_inputs_finite():
         assert np.isfinite(float(fn(big)))
         assert np.all(np.isfinite(np.asarray(jax.grad(fn)(big))))
     huge = jnp.array([[[1e4, -1e4], [-1e4, 1e4]]])
-    loss, _ = L.sami(huge, jnp.ones((1, 2, 2)))
+    loss, _ = L.sami(huge, jnp.ones((1, 2, 2)), jnp.ones((1, 2, 2)))
     assert np.isfinite(float(loss[0]))
 
 
@@ -430,3 +436,22 @@ def test_c3po_defaults_reproduce_the_released_loss():
     assert float(count) == 3.0
     assert float(loss_sum) / float(count) * 3.0 == pytest.approx(released, rel=1e-6)
     assert released == pytest.approx(1.2543552444, rel=1e-9)
+
+
+def test_sami_uses_mean_token_logps_hand_value():
+    # Two constitutions, responses of 12 and 40 tokens; -1.0 nat per token under their own
+    # constitution, -1.5 under the other. Token means: [[-1, -1.5], [-1.5, -1]]: every row and
+    # column cross-entropy is log(1 + e^-0.5), so the loss is 0.474077.
+    lengths = jnp.array([[[12.0, 40.0], [12.0, 40.0]]])
+    per_token = jnp.array([[[-1.0, -1.5], [-1.5, -1.0]]])
+    sums = per_token * lengths  # [[-12, -60], [-18, -40]]
+    loss, _ = L.sami(sums, lengths, jnp.ones((1, 2, 2)))
+    assert float(loss[0]) == pytest.approx(math.log1p(math.exp(-0.5)), rel=1e-6)
+    assert float(loss[0]) == pytest.approx(0.474077, abs=1e-6)
+    # Summed log-probs (per_token=False): rows lse(-12, -60) + 12 ~ 0 and lse(-18, -40) + 40 =
+    # 22 + log1p(e^-22); columns log1p(e^-6) and log1p(e^-20); the loss follows length.
+    summed, _ = L.sami(sums, lengths, jnp.ones((1, 2, 2)), per_token=False)
+    rows = math.log1p(math.exp(-48.0)) + 22.0 + math.log1p(math.exp(-22.0))
+    cols = math.log1p(math.exp(-6.0)) + math.log1p(math.exp(-20.0))
+    assert float(summed[0]) == pytest.approx(0.5 * (rows / 2 + cols / 2), rel=1e-6)
+    assert float(summed[0]) == pytest.approx(5.5006, abs=1e-4)

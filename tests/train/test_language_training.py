@@ -134,6 +134,7 @@ def test_scoped_pairs_and_sami_matrix_layouts():
     batch, _ = packing.pack([g], seq_len=32, num_rows=1, num_slots=4, share_prefix=True)
     arrays, weights = li.sami_matrix(2)(_stats_from_batch(batch))
     assert np.asarray(arrays["logp_matrix"]).tolist() == [[[51.0, 52.0], [51.0, 52.0]]]
+    assert np.asarray(arrays["lengths"]).tolist() == [[[2.0, 2.0], [2.0, 2.0]]]
     assert np.asarray(weights).tolist() == [1.0]
 
 
@@ -436,7 +437,8 @@ def test_sami_separates_constitutions(env):
             ctx = [dl.sami_prompt(p, c) for p in env.prompts]
             m[:, i, 0] = seq_logps(env, params, ctx, sols)
             m[:, i, 1] = seq_logps(env, params, ctx, list(env.bad))
-        loss, metrics = L.sami(jnp.asarray(m), jnp.ones_like(jnp.asarray(m)))
+        ones = jnp.ones_like(jnp.asarray(m))  # m holds sums; compared as sums
+        loss, metrics = L.sami(jnp.asarray(m), ones, ones)
         return float(np.mean(metrics["sami/diagonal_margin"])), float(np.mean(loss))
 
     margin0, loss0 = diagonal_margin(env.base)
