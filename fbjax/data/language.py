@@ -10,7 +10,8 @@ method                 data function                       objective (language_i
 Chain of Hindsight     :func:`chain_of_hindsight_groups`   ``chain_of_hindsight`` (+ pretraining)
                        :func:`mask_past_tokens`,
                        :func:`pretraining_groups`
-LeTI                   :func:`leti_groups`                 ``leti`` (+ pretraining)
+LeTI                   :func:`leti_groups`,                ``leti`` (+ pretraining)
+                       :func:`mix_pretraining`
 conditional training   :func:`conditional_groups`          ``conditional_training`` (likelihood)
 ALT / FCP              :func:`feedback_conditioned_groups` ``feedback_conditioned`` (likelihood)
 ILF                    :func:`ilf_iteration`,              ``ilf`` (likelihood of refinements)
@@ -196,21 +197,44 @@ def leti_groups(
     tokenizer,
     *,
     good_threshold: float = 1.0,
-    train_on_feedback: bool = True,
+    train_on_context: bool = True,
 ) -> list[Group]:
-    """LeTI sequences: reward token (``<|good|>`` iff ``score >= good_threshold``), instruction,
-    the model's output and, for failures only, the textual feedback (``templates.leti``).
-    Slot field ``pretraining = 0``. Sample with ``templates.leti_prompt(prompt)`` (good token).
+    """LeTI sequences (``templates.leti``): reward token (``<|good|>`` iff
+    ``score >= good_threshold``), the textual feedback for failures only, then the instruction
+    and the model's output; every token after the reward token is trained. Slot field
+    ``pretraining = 0``; the released code mixes pretraining text 1:1
+    (:func:`mix_pretraining`). Sample with ``templates.leti_prompt(prompt)`` (good token).
     """
     groups = []
     for e in data:
         good = _score(e) >= good_threshold
         segments = templates.leti(
             prompt_text(e.prompt), e.completion, good=good,
-            feedback="" if good else e.feedback, train_on_feedback=train_on_feedback,
+            feedback="" if good else e.feedback, train_on_context=train_on_context,
         )
         groups.append(encode.from_segments(segments, tokenizer))
     return with_slot_fields(groups, pretraining=0.0)
+
+
+def mix_pretraining(
+    groups: Sequence[Group], pretraining: Sequence[Group], *, ratio: float = 1.0
+) -> list[Group]:
+    """``groups`` followed by ``round(ratio * len(groups))`` pretraining groups (from
+    :func:`pretraining_groups`), cycling through ``pretraining`` when it is shorter.
+
+    LeTI's released trainer (``run_leti.py``, ``mix_pretrain_data``) takes one optimizer step on
+    a pretraining batch after every feedback batch, restarting the pretraining loader when it
+    runs out: a 1:1 mixture by example (``ratio=1``, the default). Here the two kinds share
+    batches (the batch stream shuffles groups) instead of alternating steps; the proportion, and
+    with ``nll_with_pretraining``'s weight 1 the expected gradient, are the same.
+    """
+    if ratio < 0:
+        raise ValueError(f"mix_pretraining: ratio must be >= 0, got {ratio}")
+    count = int(round(ratio * len(groups)))
+    if count and not pretraining:
+        raise ValueError("mix_pretraining: ratio > 0 but no pretraining groups were given")
+    extra = [pretraining[k % len(pretraining)] for k in range(count)]
+    return list(groups) + extra
 
 
 def conditional_groups(

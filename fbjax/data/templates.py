@@ -185,6 +185,10 @@ GOOD_TOKEN = "<|good|>"
 BAD_TOKEN = "<|bad|>"
 
 
+LETI_FEEDBACK_BEGIN = "<|lang_feedback|>"
+LETI_FEEDBACK_END = "<|/lang_feedback|>"
+
+
 def leti(
     prompt: str,
     completion: str,
@@ -193,24 +197,30 @@ def leti(
     feedback: str = "",
     good_token: str = GOOD_TOKEN,
     bad_token: str = BAD_TOKEN,
-    feedback_prefix: str = "\nFeedback: ",
-    train_on_feedback: bool = True,
+    feedback_begin: str = LETI_FEEDBACK_BEGIN,
+    feedback_end: str = LETI_FEEDBACK_END,
+    train_on_context: bool = True,
 ) -> tuple[Segment, ...]:
-    """LeTI (Wang et al., 2023): a binary reward token prepended to instruction + own output,
-    followed by textual feedback::
+    """LeTI (Wang et al., 2023): a binary reward token, then the textual feedback (failures
+    only), then the problem and the model's solution::
 
-        {<|good|> or <|bad|>}{prompt}{completion}{feedback_prefix}{feedback}
+        {<|good|> or <|bad|>}{feedback_begin}{feedback}{feedback_end}{prompt}{completion}
 
-    The output is trained on under the reward token, so sampling after ``<|good|>`` prefers good
-    outputs; the feedback (omitted when empty, as LeTI gives it only for failures) is trained on
-    too by default, since LeTI applies the LM objective to the whole concatenation after the
-    instruction.
+    as the released ``run_leti.py`` writes it: the feedback comes *before* the program, so the
+    program is generated conditioned on it, and the language-modelling loss covers every token
+    after the reward token (feedback, problem and solution; the reward token itself is the first
+    token there and never a target, so it is not trained here either). ``train_on_context=False``
+    trains the solution only (a deviation, for ablations). Sample with :func:`leti_prompt` (the
+    good token, no feedback, then the problem), which is exactly a good example's prefix.
+
+    The markers are LeTI's special tokens; a tokenizer without them as single pieces writes
+    them as text.
     """
-    segments = [Segment(leti_prompt(prompt, good_token if good else bad_token), False),
-                Segment(completion, True)]
+    segments = [Segment(good_token if good else bad_token, False)]
     if feedback:
-        segments.append(Segment(feedback_prefix, False))
-        segments.append(Segment(feedback, train_on_feedback))
+        segments.append(Segment(feedback_begin + feedback + feedback_end, train_on_context))
+    segments.append(Segment(prompt, train_on_context))
+    segments.append(Segment(completion, True))
     return tuple(segments)
 
 

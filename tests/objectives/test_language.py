@@ -27,6 +27,7 @@ TEXTS = [
     "12+7=", "19", "18", "4-1=", "3", "Good: ", "Bad: ", "\nFeedback: ",
     "Feedback: The ones digit should be 9, not 8.\n", "Incorrect: the ones digit is wrong.",
     "The answer is correct.", "be brief", "be kind", "Hi", "hey",
+    "<|lang_feedback|>", "<|/lang_feedback|>",
 ]
 
 
@@ -131,11 +132,20 @@ def test_leti_exact(tok):
     bad = _feedback("12+7=", "18", crit, 0.5)
     g_good, g_bad = dl.leti_groups([good, bad], tok)
     bos = [tok.bos_id]
-    # Successes carry no feedback (LeTI gives textual feedback for failures).
-    assert_group(g_good, tok, bos + ids(tok, "<|good|>12+7="), [[("19", 1)]])
-    assert_group(g_bad, tok, bos + ids(tok, "<|bad|>12+7="),
-                 [[("18", 1), ("\nFeedback: ", 0), (crit, 1)]])
+    # Successes carry no feedback (LeTI gives textual feedback for failures). Every token after
+    # the reward token is trained: the group's prompt is BOS + reward token.
+    assert_group(g_good, tok, bos + ids(tok, "<|good|>"), [[("12+7=", 1), ("19", 1)]])
+    assert_group(g_bad, tok, bos + ids(tok, "<|bad|>"),
+                 [[(f"<|lang_feedback|>{crit}<|/lang_feedback|>", 1), ("12+7=", 1), ("18", 1)]])
     assert g_bad.slot_fields == {"pretraining": (0.0,)}
+    # Pretraining text mixed 1:1 (cycled), or at another ratio.
+    pt = dl.pretraining_groups(["Hi"], tok)
+    mixed = dl.mix_pretraining([g_good, g_bad], pt)
+    assert [g.slot_fields["pretraining"][0] for g in mixed] == [0.0, 0.0, 1.0, 1.0]
+    assert len(dl.mix_pretraining([g_good, g_bad], pt, ratio=0.5)) == 3
+    assert dl.mix_pretraining([g_good, g_bad], pt, ratio=0.0) == [g_good, g_bad]
+    with pytest.raises(ValueError, match="no pretraining groups"):
+        dl.mix_pretraining([g_good], [])
 
 
 def test_conditional_exact(tok):
