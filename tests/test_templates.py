@@ -224,6 +224,8 @@ def test_leti_exact(ctok):
     check(T.leti("12+7=", "19", good=True), ctok,
           expect(ctok, [("<|good|>", False), ("12+7=", True), ("19", True)], eos_mask=1))
     assert T.leti_prompt("12+7=") == "<|good|>12+7="
+    assert T.leti_prompt("12+7=", "<|bad|>", feedback=fb) == "".join(
+        seg.text for seg in T.leti("12+7=", "18", good=False, feedback=fb)[:-1])
 
 
 def test_conditional_training_threshold(ctok):

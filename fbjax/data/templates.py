@@ -224,8 +224,18 @@ def leti(
     return tuple(segments)
 
 
-def leti_prompt(prompt: str, reward_token: str = GOOD_TOKEN) -> str:
-    return reward_token + prompt
+def leti_prompt(
+    prompt: str,
+    reward_token: str = GOOD_TOKEN,
+    *,
+    feedback: str = "",
+    feedback_begin: str = LETI_FEEDBACK_BEGIN,
+    feedback_end: str = LETI_FEEDBACK_END,
+) -> str:
+    """The text before the solution in :func:`leti`: reward token, feedback (if any), problem.
+    Sampling uses the good token and no feedback."""
+    head = reward_token + (feedback_begin + feedback + feedback_end if feedback else "")
+    return head + prompt
 
 
 # ---------------------------------------------------------------- conditional training

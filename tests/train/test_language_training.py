@@ -280,8 +280,10 @@ def test_chain_of_hindsight(env):
 def test_leti(env):
     groups = dl.leti_groups(_feedback_records(env), env.tok)
     params, _ = train(env, li.leti(), groups, steps=60, rows=8)
+    # The bad condition as trained: bad token and the critique before the problem.
     _check_conditioning(env, params, lambda p: templates.leti_prompt(p, templates.GOOD_TOKEN),
-                        lambda p, b: templates.leti_prompt(p, templates.BAD_TOKEN))
+                        lambda p, b: templates.leti_prompt(p, templates.BAD_TOKEN,
+                                                           feedback=env.task.critique(p, b)))
 
 
 def test_conditional_training(env):
