@@ -238,20 +238,42 @@ def mix_pretraining(
 
 
 def conditional_groups(
-    data: Sequence[ex.FeedbackExample], tokenizer, *, threshold: float
+    data: Sequence[ex.FeedbackExample],
+    tokenizer,
+    *,
+    threshold: float,
+    untagged_fraction: float = 0.01,
+    rng: np.random.Generator | None = None,
 ) -> list[Group]:
-    """Conditional training: ``<|good|>``/``<|bad|>`` by thresholding ``score``, then the prompt;
-    likelihood of the completion (``templates.conditional_training``). Sample with
-    ``templates.conditional_prompt(prompt)``."""
-    return [
-        encode.from_segments(
-            templates.conditional_training(
-                prompt_text(e.prompt), e.completion, _score(e), threshold=threshold
-            ),
-            tokenizer,
+    """Conditional training: ``<|good|>`` iff ``score >= threshold`` (inclusive), else
+    ``<|bad|>``, then the prompt; likelihood of the completion
+    (``templates.conditional_training``). Sample with ``templates.conditional_prompt(prompt)``.
+
+    Korbak et al.'s released code (``apo/dataset_wrappers.py``, ``configs/toxicity/
+    conditional.yml``) tags a sentence aligned iff its misalignment score is ``<= threshold``
+    (toxicity: 0.00056) and leaves a fraction ``drop_token_fraction = 0.01`` of sentences
+    without any tag. Scores here are rewards (higher is better): pass ``score = -toxicity`` and
+    ``threshold = -0.00056`` for the same rule, boundary included. ``untagged_fraction`` of the
+    examples (drawn from ``rng``; a generator seeded 0 when none is given, so the data are
+    reproducible) get the plain prompt with no control token, so the model also learns the
+    unconditional distribution; 0 tags everything.
+    """
+    if not 0.0 <= untagged_fraction <= 1.0:
+        raise ValueError(f"conditional_groups: untagged_fraction must be in [0, 1], "
+                         f"got {untagged_fraction}")
+    rng = np.random.default_rng(0) if rng is None else rng
+    # One draw per example, whatever the fraction, so the fraction does not shift the stream.
+    untagged = rng.random(len(data)) < untagged_fraction
+    groups = []
+    for e, plain in zip(data, untagged):
+        text = prompt_text(e.prompt)
+        segments = (
+            templates.prompt_completion(text, e.completion) if plain
+            else templates.conditional_training(text, e.completion, _score(e),
+                                                threshold=threshold)
         )
-        for e in data
-    ]
+        groups.append(encode.from_segments(segments, tokenizer))
+    return groups
 
 
 def feedback_conditioned_groups(

@@ -150,9 +150,34 @@ def test_leti_exact(tok):
 
 def test_conditional_exact(tok):
     data = [_feedback("12+7=", "19", "", 1.0), _feedback("12+7=", "18", "", 0.5)]
-    g_good, g_bad = dl.conditional_groups(data, tok, threshold=0.9)
+    g_good, g_bad = dl.conditional_groups(data, tok, threshold=0.9, untagged_fraction=0.0)
     assert_group(g_good, tok, [tok.bos_id] + ids(tok, "<|good|>12+7="), [[("19", 1)]])
     assert_group(g_bad, tok, [tok.bos_id] + ids(tok, "<|bad|>12+7="), [[("18", 1)]])
+
+
+def test_conditional_threshold_and_untagged_fraction(tok):
+    # Korbak et al.'s toxicity rule: aligned iff toxicity <= 0.00056, as rewards -toxicity
+    # against -0.00056 (boundary included).
+    tox = [0.0, 0.00056, 0.00057, 0.3]
+    data = [_feedback("12+7=", "19", "", -t) for t in tox]
+    groups = dl.conditional_groups(data, tok, threshold=-0.00056, untagged_fraction=0.0)
+    good, bad = ids(tok, "<|good|>")[0], ids(tok, "<|bad|>")[0]
+    assert [int(g.prompt[1]) for g in groups] == [good, good, bad, bad]
+    # Untagged examples: the plain prompt, no control token; which ones = one uniform draw per
+    # example below the fraction (1% by default, as released).
+    many = [_feedback("12+7=", "19", "", 1.0)] * 400
+    got = dl.conditional_groups(many, tok, threshold=0.9, untagged_fraction=0.25,
+                                rng=np.random.default_rng(3))
+    want = np.random.default_rng(3).random(400) < 0.25
+    plain = [tok.bos_id] + ids(tok, "12+7=")
+    assert [g.prompt.tolist() == plain for g in got] == want.tolist()
+    assert 60 < want.sum() < 140
+    default = dl.conditional_groups(many, tok, threshold=0.9)
+    n_plain = sum(g.prompt.tolist() == plain for g in default)
+    assert n_plain == int((np.random.default_rng(0).random(400) < 0.01).sum())
+    assert_group(next(g for g in got if g.prompt.tolist() == plain), tok, plain, [[("19", 1)]])
+    with pytest.raises(ValueError, match="untagged_fraction"):
+        dl.conditional_groups(many, tok, threshold=0.9, untagged_fraction=1.5)
 
 
 def test_feedback_conditioned_exact(tok):
