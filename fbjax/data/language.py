@@ -401,9 +401,41 @@ def ilf_loop(
 # ----------------------------------------------------------------------------- CUT
 
 
+# CUT's released judged prompt (``templates/alpaca.json``, ``prompt_no_input_judge``): the
+# request to match the judgment, the instruction, then the judgment. The plain counterpart is
+# ``prompt_no_input``. Use both for Alpaca-formatted data (``cut_groups(judged_prompt=
+# cut_alpaca_judged_prompt, plain_prompt=cut_alpaca_prompt)``).
+CUT_ALPACA_JUDGED = (
+    "Below is an instruction that describes a task. Write a response to the instruction and the "
+    "response should match the corresponding judgment.\n\n### Instruction:\n{instruction}\n\n"
+    "### Judgment:\n{judgment}\n\n### Response:\n"
+)
+CUT_ALPACA_PLAIN = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+
+def cut_alpaca_judged_prompt(prompt: str, judgment: str) -> str:
+    """CUT's released judged prompt, word for word (:data:`CUT_ALPACA_JUDGED`)."""
+    return CUT_ALPACA_JUDGED.format(instruction=prompt, judgment=judgment)
+
+
+def cut_alpaca_prompt(prompt: str) -> str:
+    """CUT's released plain prompt (:data:`CUT_ALPACA_PLAIN`)."""
+    return CUT_ALPACA_PLAIN.format(instruction=prompt)
+
+
 def cut_judged_prompt(prompt: str, judgment: str) -> str:
-    """The judgment-conditioned context of CUT: the judgment, then the instruction."""
-    return templates.feedback_conditioned_prompt(prompt, judgment)
+    """The judgment-conditioned context of CUT in the data's own prompt format, in the released
+    order: the instruction (the plain prompt), then the judgment, then the request to respond
+    so as to match it; the response follows. Shorter than :func:`cut_alpaca_judged_prompt`
+    (which also wraps the plain prompt) so that it fits short-context models."""
+    return f"{prompt}\nJudgment: {judgment}\nA response matching the judgment:\n"
+
+
+def _identity(prompt: str) -> str:
+    return prompt
 
 
 def cut_groups(
@@ -412,6 +444,9 @@ def cut_groups(
     *,
     negative_threshold: float = 1.0,
     judged_prompt: Callable[[str, str], str] = cut_judged_prompt,
+    plain_prompt: Callable[[str], str] = _identity,
+    positive_ratio: float | None = 0.25,
+    rng: np.random.Generator | None = None,
 ) -> list[Group]:
     """CUT pairs: slot 0 = the response under the plain prompt, slot 1 = the *same* response
     tokens under the judgment-conditioned prompt (via :func:`multi_prompt_group`).
@@ -423,17 +458,34 @@ def cut_groups(
     trains positives without the judgment). The response tokens are identical in both slots,
     which is what ``fbjax.train.language_inputs.aligned_pairs`` relies on to line them up.
     Slot field ``negative`` records which case a pair is.
+
+    As in the released ``finetune_unlikelihood.py`` (``--downsample 0.25``), positives are
+    downsampled to ``int(positive_ratio * n_negative)`` when there are more, chosen uniformly
+    (``rng``; a generator seeded 0 when none is given); groups keep the data's order.
+    ``positive_ratio=None`` keeps every positive.
     """
+    if positive_ratio is not None and positive_ratio < 0:
+        raise ValueError(f"cut_groups: positive_ratio must be >= 0 or None, got {positive_ratio}")
+    negative = [_score(e) < negative_threshold for e in data]
+    keep = np.ones(len(data), bool)
+    if positive_ratio is not None:
+        positives = np.flatnonzero(~np.asarray(negative, bool))
+        n_keep = int(sum(negative) * positive_ratio)
+        if n_keep < len(positives):
+            rng = np.random.default_rng(0) if rng is None else rng
+            keep[positives] = False
+            keep[rng.choice(positives, size=n_keep, replace=False)] = True
     groups = []
-    for e in data:
+    for e, neg, kept in zip(data, negative, keep):
+        if not kept:
+            continue
         text = prompt_text(e.prompt)
-        negative = _score(e) < negative_threshold
         response = _scored_ids(tokenizer, e.completion)
-        plain = encode.prompt_ids(tokenizer, text)
+        plain = encode.prompt_ids(tokenizer, plain_prompt(text))
         judged = plain
-        if negative:
+        if neg:
             judged = encode.prompt_ids(tokenizer, judged_prompt(text, e.feedback))
-        flag = float(negative)
+        flag = float(neg)
         groups.append(multi_prompt_group(
             [(plain, response, None), (judged, response, None)], {"negative": (flag, flag)}
         ))

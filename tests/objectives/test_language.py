@@ -27,7 +27,7 @@ TEXTS = [
     "12+7=", "19", "18", "4-1=", "3", "Good: ", "Bad: ", "\nFeedback: ",
     "Feedback: The ones digit should be 9, not 8.\n", "Incorrect: the ones digit is wrong.",
     "The answer is correct.", "be brief", "be kind", "Hi", "hey",
-    "<|lang_feedback|>", "<|/lang_feedback|>",
+    "<|lang_feedback|>", "<|/lang_feedback|>", "\nJudgment: ", "\nA response matching the judgment:\n",
 ]
 
 
@@ -192,18 +192,43 @@ def test_cut_exact(tok):
     judgment = "Incorrect: the ones digit is wrong."
     neg = _feedback("12+7=", "18", judgment, 0.5)
     pos = _feedback("12+7=", "19", "The answer is correct.", 1.0)
-    g_neg, g_pos = dl.cut_groups([neg, pos], tok)
+    g_neg, g_pos = dl.cut_groups([neg, pos], tok, positive_ratio=None)
     bos = [tok.bos_id]
     # Negative: the contexts differ from the first character, so only BOS is shared; slot 0 is
     # the plain prompt, slot 1 the judgment-conditioned one, the response tokens are identical.
-    assert_group(g_neg, tok, bos, [
-        [("12+7=", 0), ("18", 1)],
-        [(f"Feedback: {judgment}\n12+7=", 0), ("18", 1)],
+    # The judged context, as released: the instruction, then the judgment, then the request to
+    # match it; the contexts share BOS + the instruction.
+    judged = f"\nJudgment: {judgment}\nA response matching the judgment:\n"
+    assert_group(g_neg, tok, bos + ids(tok, "12+7="), [
+        [("18", 1)],
+        [(judged, 0), ("18", 1)],
     ])
     assert g_neg.slot_fields == {"negative": (1.0, 1.0)}
     # Positive: both copies under the plain prompt (likelihood only).
     assert_group(g_pos, tok, bos + ids(tok, "12+7="), [[("19", 1)], [("19", 1)]])
     assert g_pos.slot_fields == {"negative": (0.0, 0.0)}
+    # The released Alpaca wording, word for word.
+    assert dl.cut_alpaca_judged_prompt("Add.", "Wrong.") == (
+        "Below is an instruction that describes a task. Write a response to the instruction and "
+        "the response should match the corresponding judgment.\n\n### Instruction:\nAdd.\n\n"
+        "### Judgment:\nWrong.\n\n### Response:\n")
+
+
+def test_cut_downsamples_positives_to_a_quarter_of_the_negatives(tok):
+    neg = _feedback("12+7=", "18", "Incorrect: the ones digit is wrong.", 0.5)
+    pos = _feedback("12+7=", "19", "The answer is correct.", 1.0)
+    data = [pos, neg, pos, neg, neg, pos, neg, pos, pos, neg, neg, neg, neg]  # 8 neg, 5 pos
+    groups = dl.cut_groups(data, tok, rng=np.random.default_rng(5))
+    kinds = [g.slot_fields["negative"][0] for g in groups]
+    assert kinds.count(1.0) == 8 and kinds.count(0.0) == 2  # int(0.25 * 8)
+    # Which positives: rng.choice over the positives' indices, data order kept.
+    pos_idx = [k for k, e in enumerate(data) if e.score >= 1.0]
+    chosen = set(np.random.default_rng(5).choice(pos_idx, size=2, replace=False).tolist())
+    kept = [k for k, e in enumerate(data) if e.score < 1.0 or k in chosen]
+    assert kinds == [0.0 if data[k].score >= 1.0 else 1.0 for k in kept]
+    assert len(dl.cut_groups(data, tok, positive_ratio=None)) == 13
+    # Fewer positives than the quota: all kept.
+    assert len(dl.cut_groups(data, tok, positive_ratio=1.0)) == 13
 
 
 def test_sami_groups_layout(tok):

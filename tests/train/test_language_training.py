@@ -342,13 +342,18 @@ def test_ilf_loop_improves_oracle_reward(env):
 
 def test_cut_lowers_flagged_tokens(env):
     records = _feedback_records(env, kind=sim.feedback.judgments)
-    groups = dl.cut_groups(records, env.tok)
+    # The loss's mechanics on a context where the judgment precedes the instruction (so the
+    # plain and judged contexts end alike and the tiny model's ratio reflects the judgment, not
+    # the format), every positive kept; the released layout is tested exactly in
+    # tests/objectives/test_language.py.
+    judged_prompt = templates.feedback_conditioned_prompt
+    groups = dl.cut_groups(records, env.tok, judged_prompt=judged_prompt, positive_ratio=None)
     negatives = [e for e in records if e.score < 1.0]
 
     def copies(e):
         text = dl.prompt_text(e.prompt)
         y = encode.completion_ids(env.tok, e.completion)
-        judged = encode.prompt_ids(env.tok, dl.cut_judged_prompt(text, e.feedback))
+        judged = encode.prompt_ids(env.tok, judged_prompt(text, e.feedback))
         return (encode.prompt_ids(env.tok, text), y), (judged, y)
 
     pairs = [copies(e) for e in negatives]
