@@ -152,7 +152,8 @@ def test_pinned_bpe_ids(btok):
 
 def test_chain_of_hindsight_exact(ctok):
     rng = np.random.default_rng(0)
-    segs = T.chain_of_hindsight("12+7=", [("19", True), ("18", False)], rng)
+    segs = T.chain_of_hindsight("12+7=", [("19", True), ("18", False)], rng,
+                                eos_after_each=False)
     # Reproduce the builder's draws: permutation, then one phrase index per output.
     r = np.random.default_rng(0)
     order = r.permutation(2).tolist()
@@ -166,12 +167,32 @@ def test_chain_of_hindsight_exact(ctok):
         head = ""
     assert [(s.text, s.trainable) for s in segs] == parts
     check(segs, ctok, expect(ctok, parts, eos_mask=1))
+    # The default (as released): a trained EOS after every output, the draws unchanged.
+    with_eos = T.chain_of_hindsight("12+7=", [("19", True), ("18", False)],
+                                    np.random.default_rng(0))
+    assert [(s.text, s.trainable, s.eos) for s in with_eos] == [
+        (text, trainable, trainable) for text, trainable in parts]
+
+
+def test_chain_of_hindsight_eos_after_every_output(ctok):
+    segs = T.chain_of_hindsight(
+        "12+7=", [("19", True), ("18", False)], np.random.default_rng(1), shuffle=False,
+        positive_phrases=("A good answer:",), negative_phrases=("A bad answer:",),
+    )
+    tokens, mask = render(segs, ctok)
+    eos = ctok.eos_id
+    head, mid = ids(ctok, "12+7=\nA good answer: "), ids(ctok, "\nA bad answer: ")
+    assert tokens.tolist() == ([ctok.bos_id] + head + ids(ctok, "19") + [eos] + mid
+                               + ids(ctok, "18") + [eos])
+    assert mask.tolist() == ([0.0] * (1 + len(head)) + [1.0] * 3 + [0.0] * len(mid)
+                             + [1.0] * 3)
 
 
 def test_chain_of_hindsight_unshuffled_layout(ctok):
     segs = T.chain_of_hindsight(
         "12+7=", [("19", True), ("18", False)], np.random.default_rng(1), shuffle=False,
         positive_phrases=("A good answer:",), negative_phrases=("A bad answer:",),
+        eos_after_each=False,
     )
     parts = [("12+7=\nA good answer: ", False), ("19", True), ("\nA bad answer: ", False),
              ("18", True)]

@@ -8,6 +8,7 @@ objective that reads them is bound in ``fbjax.train.language_inputs``.
 method                 data function                       objective (language_inputs)
 =====================  ==================================  ======================================
 Chain of Hindsight     :func:`chain_of_hindsight_groups`   ``chain_of_hindsight`` (+ pretraining)
+                       :func:`forgetful_key_visibility`,
                        :func:`mask_past_tokens`,
                        :func:`pretraining_groups`
 LeTI                   :func:`leti_groups`,                ``leti`` (+ pretraining)
@@ -106,42 +107,103 @@ def with_slot_fields(groups: Sequence[Group], **fields: float) -> list[Group]:
 # ----------------------------------------------------------------------------- Chain of Hindsight
 
 
+# The four sequences the released data writes per comparison (``coh/data/pack_hf.py``):
+# positive only, negative only, positive then negative, negative then positive.
+COH_ORDERS: tuple[tuple[bool, ...], ...] = ((True,), (False,), (True, False), (False, True))
+
+
 def chain_of_hindsight_groups(
     data: Sequence[ex.RankedExample],
     tokenizer,
     rng: np.random.Generator,
     *,
     good_threshold: float = 1.0,
-    past_mask_rate: float = 0.05,
+    past_mask_rate: float = 0.0,
     positive_phrases: Sequence[str] = templates.COH_POSITIVE,
     negative_phrases: Sequence[str] = templates.COH_NEGATIVE,
-    eos_after_each: bool = False,
+    eos_after_each: bool = True,
+    orders: Sequence[Sequence[bool]] | None = COH_ORDERS,
 ) -> list[Group]:
-    """Chain of Hindsight sequences: every output of a prompt, each introduced by a positive or
-    negative feedback phrase (``score >= good_threshold`` is good), random order, loss on the
-    outputs only (``templates.chain_of_hindsight``); then :func:`mask_past_tokens` with a
-    per-sequence rate drawn uniformly from ``[0, past_mask_rate]`` (the paper's 0-5%; 0 turns
-    it off). Slot field ``pretraining = 0`` marks them for :func:`pretraining_groups` mixtures.
+    """Chain of Hindsight sequences (``templates.chain_of_hindsight``), loss on the outputs and
+    on the EOS written after every output.
 
-    At test time sample from ``templates.chain_of_hindsight_prompt(prompt, positive phrase)``;
-    ``eos_after_each`` (see ``templates.chain_of_hindsight``) teaches the model to stop there.
+    With ``orders`` (default :data:`COH_ORDERS`, the released ``p, n, pn, np``), each example is
+    a comparison: its best-scored completion is the positive, its worst the negative, and one
+    sequence is written per order (``True`` = the positive under a positive phrase, ``False`` =
+    the negative under a negative phrase); the prompt appears once, before the first output.
+    Phrases are drawn per sequence from the paraphrase lists (index-paired when the lists have
+    equal length, as the released ``aux`` markers are). Examples whose completions all score
+    the same are skipped. ``orders=None`` writes one sequence of *all* outputs in random order,
+    each labelled by ``score >= good_threshold`` (an extension for rankings).
+
+    ``past_mask_rate > 0`` replaces context tokens by UNK (:func:`mask_past_tokens`, rate drawn
+    from ``[0, past_mask_rate]``); off by default. The released "random past-token masking" is
+    Forgetful Causal Masking, an attention mask (:func:`forgetful_key_visibility`), also off in
+    its released defaults. Slot field ``pretraining = 0`` marks the groups for
+    :func:`pretraining_groups` mixtures. At test time sample from
+    ``templates.chain_of_hindsight_prompt(prompt, positive phrase)``.
     """
+    paired = len(positive_phrases) == len(negative_phrases)
     groups = []
     for e in data:
-        outputs = [(c, s >= good_threshold) for c, s in zip(e.completions, e.scores)]
-        segments = templates.chain_of_hindsight(
-            prompt_text(e.prompt), outputs, rng,
-            positive_phrases=positive_phrases, negative_phrases=negative_phrases,
-            eos_after_each=eos_after_each,
-        )
-        group = encode.from_segments(segments, tokenizer)
-        if past_mask_rate > 0:
-            group = mask_past_tokens(
-                group, rng, rate=float(rng.uniform(0.0, past_mask_rate)),
-                mask_id=tokenizer.unk_id,
-            )
-        groups.append(group)
+        text = prompt_text(e.prompt)
+        if orders is None:
+            outputs = [(c, s >= good_threshold) for c, s in zip(e.completions, e.scores)]
+            sequences = [templates.chain_of_hindsight(
+                text, outputs, rng, positive_phrases=positive_phrases,
+                negative_phrases=negative_phrases, eos_after_each=eos_after_each,
+            )]
+        else:
+            scores = np.asarray(e.scores, float)
+            if scores.max() == scores.min():
+                continue
+            pos, neg = e.completions[int(np.argmax(scores))], e.completions[int(np.argmin(scores))]
+            sequences = []
+            for order in orders:
+                k = int(rng.integers(len(positive_phrases)))
+                good = (positive_phrases[k],)
+                bad = (negative_phrases[k if paired else int(rng.integers(len(negative_phrases)))],)
+                outputs = [(pos, True) if o else (neg, False) for o in order]
+                sequences.append(templates.chain_of_hindsight(
+                    text, outputs, rng, positive_phrases=good, negative_phrases=bad,
+                    shuffle=False, eos_after_each=eos_after_each,
+                ))
+        for segments in sequences:
+            group = encode.from_segments(segments, tokenizer)
+            if past_mask_rate > 0:
+                group = mask_past_tokens(
+                    group, rng, rate=float(rng.uniform(0.0, past_mask_rate)),
+                    mask_id=tokenizer.unk_id,
+                )
+            groups.append(group)
     return with_slot_fields(groups, pretraining=0.0)
+
+
+def forgetful_key_visibility(
+    group: Group, rng: np.random.Generator, *, min_ratio: float = 0.0, max_ratio: float = 0.0
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Forgetful Causal Masking for one group: which tokens may be attended to as keys.
+
+    Returns float ``{0, 1}`` arrays shaped like ``group.prompt`` and each completion: a ratio
+    ``r ~ U[min_ratio, max_ratio]`` is drawn for the sequence, then each token is hidden with
+    probability ``r``, the first token (BOS) never. Inputs and targets are unchanged: every
+    token is still predicted, from the keys that stay visible; the decoder takes the result as
+    ``key_visible`` (``fbjax.models.decoder.attention_mask``).
+
+    The released model (``coh/gptj.py``) drops each (query, key) entry independently; here a
+    hidden key is hidden from every query of its sequence, so the mask is one value per token
+    that the data can carry, with the same expected fraction of dropped entries. Released
+    defaults: ``fcm_min_ratio = fcm_max_ratio = 0`` (off).
+    """
+    if not 0.0 <= min_ratio <= max_ratio <= 1.0:
+        raise ValueError(f"need 0 <= min_ratio <= max_ratio <= 1, got {min_ratio}, {max_ratio}")
+    ratio = float(rng.uniform(min_ratio, max_ratio))
+    pieces = [group.prompt, *group.completions]
+    n = sum(len(p) for p in pieces)
+    visible = (rng.random(n) >= ratio).astype(np.float32)
+    visible[0] = 1.0
+    parts = np.split(visible, np.cumsum([len(p) for p in pieces])[:-1])
+    return parts[0], tuple(parts[1:])
 
 
 def mask_past_tokens(group: Group, rng: np.random.Generator, *, rate: float, mask_id: int) -> Group:

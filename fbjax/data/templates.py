@@ -139,7 +139,7 @@ def chain_of_hindsight(
     negative_phrases: Sequence[str] = COH_NEGATIVE,
     shuffle: bool = True,
     separator: str = "\n",
-    eos_after_each: bool = False,
+    eos_after_each: bool = True,
 ) -> tuple[Segment, ...]:
     """Chain of Hindsight (Liu et al., 2023): several outputs, each introduced by a feedback
     phrase saying whether it is good, in one sequence::
@@ -151,11 +151,11 @@ def chain_of_hindsight(
     model learns to produce outputs *consistent with* the preceding phrase. Sample with
     :func:`chain_of_hindsight_prompt` and a positive phrase.
 
-    By default only the last output is followed by a (trained) EOS; the separator after the
-    others is context, never a target. A model trained on such sequences alone never learns where
-    an output that is not the last one ends, so sampled from the test-time prompt (the first
-    output's position) it does not stop. ``eos_after_each`` ends every output with a trained EOS
-    (the reference code gets the same signal from the single-output sequences in its mixture).
+    Every output is followed by a trained EOS (``eos_after_each``, as the released data writes
+    ``<|eos|>`` after each output): the model learns where an output ends, so sampled from the
+    test-time prompt it stops after one output. ``eos_after_each=False`` puts the EOS after the
+    last output only (the separator after the others is context, never a target); a model
+    trained on such sequences alone does not learn to stop after the first output.
     """
     if not outputs:
         raise ValueError("chain_of_hindsight needs at least one output")

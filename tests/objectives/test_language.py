@@ -75,28 +75,57 @@ def assert_group(group, tok, prompt, completions, *, eos_weight=1.0):
 
 
 def test_chain_of_hindsight_exact(tok):
-    e = ex.RankedExample(prompt=ex.user_prompt("12+7="), completions=("19", "18"),
-                         scores=(1.0, 0.5))
-    rng = np.random.default_rng(3)
-    (g,) = dl.chain_of_hindsight_groups([e], tok, rng, past_mask_rate=0.0,
-                                        positive_phrases=("Good:",), negative_phrases=("Bad:",))
-    # The order is random; recover it from the first output and check everything else exactly.
-    first_good = g.completions[0][1] == ids(tok, "9")[0]
-    outs = [("19", "Good:"), ("18", "Bad:")]
-    if not first_good:
-        outs = outs[::-1]
-    (o1, p1), (o2, p2) = outs
+    # The released data: per comparison, p, n, pn and np sequences, an EOS after every output,
+    # the prompt once; loss on outputs and EOS only.
+    e = ex.RankedExample(prompt=ex.user_prompt("12+7="), completions=("19", "17", "18"),
+                         scores=(1.0, 0.6, 0.5))  # positive = best, negative = worst
+    groups = dl.chain_of_hindsight_groups([e], tok, np.random.default_rng(3),
+                                          positive_phrases=("Good:",), negative_phrases=("Bad:",))
+    assert len(groups) == 4
+    p, n = ("19", "Good:"), ("18", "Bad:")
     bos = [tok.bos_id]
-    assert_group(g, tok, bos + ids(tok, f"12+7=\n{p1} "),
-                 [[(o1, 1), (f"\n{p2} ", 0), (o2, 1)]])
-    assert g.slot_fields == {"pretraining": (0.0,)}
-    # Both orders occur over seeds (the template shuffles).
-    firsts = set()
-    for seed in range(8):
-        (h,) = dl.chain_of_hindsight_groups([e], tok, np.random.default_rng(seed),
-                                            past_mask_rate=0.0)
-        firsts.add(int(h.completions[0][1]))
-    assert firsts == {ids(tok, "9")[0], ids(tok, "8")[0]}
+    for g, order in zip(groups, [(p,), (n,), (p, n), (n, p)]):
+        (o1, m1) = order[0]
+        parts = [(o1, 1)]
+        if len(order) == 2:
+            (o2, m2) = order[1]
+            parts += [([tok.eos_id], 1), (f"\n{m2} ", 0), (o2, 1)]
+        assert_group(g, tok, bos + ids(tok, f"12+7=\n{m1} "), [parts])
+        assert g.slot_fields == {"pretraining": (0.0,)}
+    # Ties are no comparison; the legacy one-sequence layout is still available.
+    tie = ex.RankedExample(prompt=ex.user_prompt("12+7="), completions=("18", "17"),
+                           scores=(0.5, 0.5))
+    assert dl.chain_of_hindsight_groups([tie], tok, np.random.default_rng(0)) == []
+    (legacy,) = dl.chain_of_hindsight_groups([e], tok, np.random.default_rng(3), orders=None,
+                                             eos_after_each=False)
+    assert len(legacy.completions) == 1 and int((legacy.completions[0] == tok.eos_id).sum()) == 1
+    # Paraphrases are index-paired, one pair per sequence.
+    many = dl.chain_of_hindsight_groups([e] * 20, tok, np.random.default_rng(0))
+    texts = {tok.decode(np.concatenate([g.prompt, g.completions[0]]).tolist()) for g in many}
+    for good, bad in zip(T.COH_POSITIVE, T.COH_NEGATIVE):
+        assert any(good in t and bad in t for t in texts)
+        assert not any(good in t and b in t for t in texts for b in T.COH_NEGATIVE if b != bad)
+
+
+def test_forgetful_key_visibility():
+    g = dl.Group(np.array([2, 10, 11], np.int32), (np.array([12, 13, 1], np.int32),
+                                                   np.array([14, 1], np.int32)))
+    prompt, comps = dl.forgetful_key_visibility(g, np.random.default_rng(0))
+    assert prompt.tolist() == [1, 1, 1] and [c.tolist() for c in comps] == [[1, 1, 1], [1, 1]]
+    # Ratio 1: every key but the first is hidden.
+    prompt, comps = dl.forgetful_key_visibility(g, np.random.default_rng(0), min_ratio=1.0,
+                                                max_ratio=1.0)
+    assert prompt.tolist() == [1, 0, 0] and [c.tolist() for c in comps] == [[0, 0, 0], [0, 0]]
+    # The draws by hand: r ~ U[lo, hi], then one uniform per token, hidden below r.
+    rng = np.random.default_rng(7)
+    r = rng.uniform(0.2, 0.6)
+    want = (rng.random(8) >= r).astype(np.float32)
+    want[0] = 1.0
+    prompt, comps = dl.forgetful_key_visibility(g, np.random.default_rng(7), min_ratio=0.2,
+                                                max_ratio=0.6)
+    assert np.concatenate([prompt, *comps]).tolist() == want.tolist()
+    with pytest.raises(ValueError):
+        dl.forgetful_key_visibility(g, rng, min_ratio=0.5, max_ratio=0.2)
 
 
 def test_mask_past_tokens():

@@ -138,6 +138,37 @@ def test_scoped_pairs_and_sami_matrix_layouts():
     assert np.asarray(weights).tolist() == [1.0]
 
 
+def test_key_visibility_mask_by_hand_and_through_the_decoder():
+    from fbjax.models.decoder import attention_mask
+
+    # One row: [BOS a b c] as one segment, then [BOS d] as another; key 2 hidden.
+    idx = jnp.arange(6)[None]
+    seg = jnp.array([[1, 1, 1, 1, 2, 2]])
+    zero = jnp.zeros_like(seg)
+    visible = jnp.array([[1, 1, 0, 1, 1, 1]])
+    got = attention_mask(idx, idx, seg, seg, zero, zero, idx, idx, None, visible)[0, 0]
+    want = np.zeros((6, 6), bool)
+    for q in range(6):
+        for k in range(6):
+            want[q, k] = k <= q and (q < 4) == (k < 4) and k != 2
+    assert np.asarray(got).tolist() == want.tolist()
+    # Through the model: all-visible equals no mask; hiding key 2 leaves the queries before it
+    # alone and changes those from 2 on (in its own segment only).
+    model = mc.llama(vocab_size=32, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                     mlp_dim=32, max_seq_len=16)
+    dec = Decoder(model)
+    tokens = jnp.array([[2, 5, 6, 7, 2, 8]])
+    pos = jnp.array([[0, 1, 2, 3, 0, 1]])
+    params = dec.init(jax.random.PRNGKey(0), tokens, pos, seg)["params"]
+    plain, _ = dec.apply({"params": params}, tokens, pos, seg)
+    ones, _ = dec.apply({"params": params}, tokens, pos, seg, key_visible=jnp.ones_like(seg))
+    hidden, _ = dec.apply({"params": params}, tokens, pos, seg, key_visible=visible)
+    np.testing.assert_allclose(ones, plain, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(hidden[0, :2], plain[0, :2], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(hidden[0, 4:], plain[0, 4:], rtol=1e-6, atol=1e-6)
+    assert np.abs(np.asarray(hidden[0, 2:4] - plain[0, 2:4])).min() > 1e-4
+
+
 # ============================================================================ the tiny model
 
 
