@@ -42,7 +42,7 @@ def paper() -> ExperimentConfig:
     return ExperimentConfig(
         name="alt_lloret2024",
         **common.checkpoint("openai-community/gpt2-large"),
-        objective=language_inputs.feedback_conditioned(),
+        objective=language_inputs.alt(),
         optimizer=OptimizerConfig(learning_rate=1e-5, warmup_steps=100, schedule="linear"),
         train=common.paper_train(examples=EXPLORE_SAMPLES, batch=64, completions=1, seq_len=128,
                                  max_prompt_len=96),
@@ -58,7 +58,7 @@ def paper() -> ExperimentConfig:
 
 METHOD = Method(
     name="ALT", family="language feedback", feedback="critique as condition",
-    objective=language_inputs.feedback_conditioned(), build_data=common.feedback_conditioned,
+    objective=language_inputs.alt(), build_data=common.feedback_conditioned,
     train=common.SIM_LM_TRAIN, optimizer=common.SIM_LM_OPTIMIZER,
     eval_prompt=common.desired_feedback_prompt,
 )

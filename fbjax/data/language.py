@@ -14,7 +14,8 @@ Chain of Hindsight     :func:`chain_of_hindsight_groups`   ``chain_of_hindsight`
 LeTI                   :func:`leti_groups`,                ``leti`` (+ pretraining)
                        :func:`mix_pretraining`
 conditional training   :func:`conditional_groups`          ``conditional_training`` (likelihood)
-ALT / FCP              :func:`feedback_conditioned_groups` ``feedback_conditioned`` (likelihood)
+ALT / FCP              :func:`feedback_conditioned_groups` ``alt`` (likelihood + KL - entropy),
+                       :func:`feedback_balanced_pool`      ``feedback_conditioned`` (likelihood)
 ILF                    :func:`ilf_iteration`,              ``ilf`` (likelihood of refinements)
                        :func:`ilf_loop`
 CUT                    :func:`cut_groups`                  ``cut`` (``aligned_pairs`` layout)
@@ -359,6 +360,39 @@ def feedback_conditioned_groups(
         )
         for e in data
     ]
+
+
+def feedback_balanced_pool(
+    data: Sequence[ex.FeedbackExample],
+    rng: np.random.Generator,
+    *,
+    per_feedback: int | None = None,
+) -> list[ex.FeedbackExample]:
+    """ALT's training draw from its data pool: for every prompt, up to ``per_feedback``
+    examples of *each* distinct feedback that prompt received, chosen uniformly without
+    replacement (``None``: all of them). Output order: prompts in first-seen order, feedback
+    categories in first-seen order within a prompt, then the drawn examples in draw order.
+
+    The released pool (``alt/data_pool.py``, ``get_samples(num_samples_per_quantile)``) samples
+    the same number per feedback category (reward quantile or feedback text) and prompt, so
+    rare kinds of feedback are not drowned by common ones; it also prefers generations under 64
+    tokens when filling a category, which is not reproduced here.
+    """
+    if per_feedback is not None and per_feedback < 1:
+        raise ValueError(f"feedback_balanced_pool: per_feedback must be >= 1 or None, "
+                         f"got {per_feedback}")
+    by_prompt: dict[str, dict[str, list[int]]] = {}
+    for k, e in enumerate(data):
+        by_prompt.setdefault(prompt_text(e.prompt), {}).setdefault(e.feedback, []).append(k)
+    out = []
+    for categories in by_prompt.values():
+        for indices in categories.values():
+            if per_feedback is None or per_feedback >= len(indices):
+                chosen = indices
+            else:
+                chosen = [indices[int(i)] for i in rng.permutation(len(indices))[:per_feedback]]
+            out.extend(data[i] for i in chosen)
+    return out
 
 
 # ----------------------------------------------------------------------------- ILF

@@ -11,6 +11,7 @@ the losses that are more than plain likelihood:
 * :func:`c3po` - C3PO: DPO on in-scope prompts, likelihood of the original model's outputs on
   near- and out-of-scope prompts.
 * :func:`sami` - SAMI: symmetric InfoNCE over a (constitution x response) log-prob matrix.
+* :func:`alt` - ALT: feedback-conditioned likelihood + KL(ref || policy) - entropy, per token.
 * :func:`token_weighted` - token-level rewards from critiques (Fine-Grained RLHF, Text2Grad):
   likelihood on tokens with positive weight, unlikelihood on tokens with negative weight.
 
@@ -423,6 +424,74 @@ def sami(
         "sami/diagonal_margin": diag_mean - off_mean,
     }
     return loss, {k: _sg(v_) for k, v_ in metrics.items()}
+
+
+# ----------------------------------------------------------------------------- ALT
+
+
+def alt(
+    policy_token_logps: ArrayLike,
+    token_kl: ArrayLike,
+    token_entropy: ArrayLike,
+    token_mask: ArrayLike,
+    *,
+    kl_coef: float = 0.05,
+    entropy_coef: float = 0.06,
+) -> tuple[Array, Metrics]:
+    r"""ALT: likelihood of feedback-conditioned completions, a KL anchor and an entropy bonus.
+
+    Over the completion tokens :math:`t` of a row (each token's full next-token distribution):
+
+    .. math::
+        \ell = \frac{1}{T}\sum_t \Big(-\log\pi_\theta(y_t \mid f, x, y_{<t})
+            + \beta_{KL}\,\mathrm{KL}\big(\pi_{\text{ref}}(\cdot \mid \ldots)
+              \,\Vert\, \pi_\theta(\cdot \mid \ldots)\big)
+            - \beta_H\,\mathcal{H}\big(\pi_\theta(\cdot \mid \ldots)\big)\Big)
+
+    as the released trainer (``alt/trainer/alt_trainer.py``, inherited from Quark) computes it:
+    ``reduce_mean(lm_loss + kl_coef * kl - entropy_coef * entropy, masks)``, a mean over all
+    completion tokens of the batch, which the step's token-count row weights
+    (``fbjax.train.language_inputs.token_distributions``) reproduce. Released coefficients
+    (every ALT / Quark config): ``kl_coef = 0.05``, ``entropy_coef = 0.06``. The KL is
+    token-level over the whole vocabulary, with the reference (the initial policy) under the
+    same feedback-conditioned context.
+
+    Args:
+        policy_token_logps: ``[B, L]`` log-probs of the completion tokens.
+        token_kl: ``[B, L]`` :math:`\mathrm{KL}(\pi_{\text{ref}} \Vert \pi_\theta)` of
+            each token's predicting distribution.
+        token_entropy: ``[B, L]`` entropy of :math:`\pi_\theta` there.
+        token_mask: ``[B, L]`` 1 on completion tokens.
+        kl_coef: :math:`\beta_{KL}`.
+        entropy_coef: :math:`\beta_H`.
+
+    Returns:
+        ``(loss [B], metrics)``: ``logps/policy``, ``kl`` and ``entropy`` (token means).
+
+    References:
+        Lloret, Dhuliawala, Murugesan, Sachan 2024, "Towards Aligning Language Models with
+        Textual Feedback", arXiv:2407.16970, Sec. 3; sauc-abadal/ALT
+        ``alt/trainer/alt_trainer.py`` and ``tasks/*/configs/*.yaml`` (coefficients).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> loss, _ = alt(jnp.array([[-1.0, -3.0]]), jnp.array([[0.2, 0.0]]),
+        ...               jnp.array([[1.0, 2.0]]), jnp.ones((1, 2)))
+        >>> print(round(float(loss[0]), 4))  # (1 + 3) / 2 + 0.05 * 0.1 - 0.06 * 1.5
+        1.915
+    """
+    mask = _float(token_mask)
+    per_token_nll = -_float(policy_token_logps)
+    kl = _float(token_kl)
+    ent = _float(token_entropy)
+    per_token = per_token_nll + kl_coef * kl - entropy_coef * ent
+    loss = _masked_mean(per_token, mask)
+    metrics = {
+        "logps/policy": _masked_mean(-per_token_nll, mask),
+        "kl": _masked_mean(kl, mask),
+        "entropy": _masked_mean(ent, mask),
+    }
+    return loss, {k: _sg(v) for k, v in metrics.items()}
 
 
 # ----------------------------------------------------------------------------- token rewards

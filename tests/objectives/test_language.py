@@ -544,3 +544,64 @@ def test_sami_uses_mean_token_logps_hand_value():
     cols = math.log1p(math.exp(-6.0)) + math.log1p(math.exp(-20.0))
     assert float(summed[0]) == pytest.approx(0.5 * (rows / 2 + cols / 2), rel=1e-6)
     assert float(summed[0]) == pytest.approx(5.5006, abs=1e-4)
+
+
+def test_alt_loss_by_hand():
+    # Row 0: tokens with log-probs -1, -3 (third masked); KL 0.2, 0.0; entropy 1, 2.
+    lp = jnp.array([[-1.0, -3.0, 5.0], [-0.5, 0.0, 0.0]])
+    kl = jnp.array([[0.2, 0.0, 9.0], [0.4, 0.0, 0.0]])
+    ent = jnp.array([[1.0, 2.0, 9.0], [0.5, 0.0, 0.0]])
+    mask = jnp.array([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    loss, metrics = L.alt(lp, kl, ent, mask)
+    want0 = (1.0 + 3.0) / 2 + 0.05 * (0.2 + 0.0) / 2 - 0.06 * (1.0 + 2.0) / 2  # 1.915
+    want1 = 0.5 + 0.05 * 0.4 - 0.06 * 0.5  # 0.49
+    np.testing.assert_allclose(np.asarray(loss), [want0, want1], rtol=1e-6)
+    assert want0 == pytest.approx(1.915) and want1 == pytest.approx(0.49)
+    np.testing.assert_allclose(np.asarray(metrics["kl"]), [0.1, 0.4], rtol=1e-6)
+    # No KL / entropy terms: token-mean NLL.
+    plain, _ = L.alt(lp, kl, ent, mask, kl_coef=0.0, entropy_coef=0.0)
+    np.testing.assert_allclose(np.asarray(plain), [2.0, 0.5], rtol=1e-6)
+
+
+def test_token_kl_and_entropy_against_numpy():
+    from fbjax.objectives import logprobs
+
+    rng = np.random.default_rng(0)
+    b, length, d, v = 2, 5, 4, 11
+    h, hr = rng.normal(size=(2, b, length, d)).astype(np.float32)
+    w, wr = rng.normal(size=(2, d, v)).astype(np.float32)
+    pred = np.array([[0, 0, 1, 2, 3], [0, 0, 1, 1, 3]])  # read at predictor[t]
+
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    lp, lr = log_softmax(h @ w), log_softmax(hr @ wr)
+    kl_all = (np.exp(lr) * (lr - lp)).sum(-1)
+    ent_all = -(np.exp(lp) * lp).sum(-1)
+    want_kl = np.take_along_axis(kl_all, pred, 1)
+    want_ent = np.take_along_axis(ent_all, pred, 1)
+    for chunk in (3, 4, 11, 64):  # padded chunks, exact chunks, one chunk
+        kl, ent = logprobs.token_kl_and_entropy(h, w, hr, wr, jnp.asarray(pred), chunk_size=chunk)
+        np.testing.assert_allclose(np.asarray(kl), want_kl, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(ent), want_ent, rtol=1e-4, atol=1e-5)
+    kl_same, _ = logprobs.token_kl_and_entropy(h, w, h, w, jnp.asarray(pred), chunk_size=4)
+    np.testing.assert_allclose(np.asarray(kl_same), 0.0, atol=1e-5)
+
+
+def test_feedback_balanced_pool():
+    fb = [("1+1=", "2", "ok"), ("1+1=", "3", "off by one"), ("1+1=", "4", "off by one"),
+          ("1+1=", "5", "off by one"), ("2+2=", "4", "ok"), ("2+2=", "4", "ok")]
+    data = [_feedback(p, c, f, 1.0) for p, c, f in fb]
+    pool = dl.feedback_balanced_pool(data, np.random.default_rng(0), per_feedback=1)
+    # One per (prompt, feedback): "ok" and one of the three "off by one" for 1+1=, one "ok" for
+    # 2+2=; which one by rng.permutation over that category.
+    r = np.random.default_rng(0)
+    off = [1, 2, 3][int(r.permutation(3)[0])]
+    two = [4, 5][int(r.permutation(2)[0])]
+    assert pool == [data[0], data[off], data[two]]
+    assert dl.feedback_balanced_pool(data, np.random.default_rng(0)) == data
+    two_each = dl.feedback_balanced_pool(data, np.random.default_rng(1), per_feedback=2)
+    assert [e.feedback for e in two_each] == ["ok", "off by one", "off by one", "ok", "ok"]
+    with pytest.raises(ValueError):
+        dl.feedback_balanced_pool(data, np.random.default_rng(0), per_feedback=0)

@@ -324,6 +324,43 @@ def test_conditional_training(env):
                         lambda p, b: templates.conditional_prompt(p, templates.BAD_TOKEN))
 
 
+def test_alt_step_distributions_and_training(env):
+    groups = dl.feedback_conditioned_groups(_feedback_records(env), env.tok)
+    # The step's per-token KL(ref || policy) and entropy, against the full logits of the model
+    # read at each scored token's predictor, on a packed prefix-shared batch.
+    batch, _ = packing.pack(groups[:6], seq_len=SEQ_LEN, num_rows=2, num_slots=8,
+                            share_prefix=True)
+    jb = {k: jnp.asarray(v) for k, v in batch.items()}
+    model = Decoder(env.model)
+    stats = steplib.sequence_stats(model, env.base, env.init, jb, need_reference=False,
+                                   chunk_size=64, need_distributions=True)
+
+    def log_softmax(params):
+        hidden, _ = model.apply({"params": params}, jb["tokens"], jb["positions"],
+                                jb["segment_ids"], jb["branch_ids"])
+        logits = np.asarray(hidden @ steplib.output_projection(params, env.model), np.float64)
+        z = logits - logits.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    lp, lr = log_softmax(env.base), log_softmax(env.init)
+    pred = np.asarray(batch["predictor"])
+    kl = np.take_along_axis((np.exp(lr) * (lr - lp)).sum(-1), pred, 1)
+    ent = np.take_along_axis(-(np.exp(lp) * lp).sum(-1), pred, 1)
+    scored = batch["loss_mask"] > 0
+    np.testing.assert_allclose(np.asarray(stats.token_kl)[scored], kl[scored], rtol=2e-3,
+                               atol=2e-4)
+    np.testing.assert_allclose(np.asarray(stats.token_entropy)[scored], ent[scored], rtol=2e-3,
+                               atol=2e-4)
+    # Training with ALT's loss: the KL to the start is measured and stays small, and the model
+    # learns the conditioning as plain likelihood does.
+    params, history = train(env, li.alt(), groups, steps=50)
+    assert 0.0 < history[-1]["kl"] < 1.0 and history[-1]["entropy"] > 0.0
+    desired = env.task.critique(env.prompts[0], env.task.solution(env.prompts[0]))
+    _check_conditioning(
+        env, params, lambda p: templates.feedback_conditioned_prompt(p, desired),
+        lambda p, b: templates.feedback_conditioned_prompt(p, env.task.critique(p, b)))
+
+
 def test_feedback_conditioned_alt_fcp(env):
     groups = dl.feedback_conditioned_groups(_feedback_records(env), env.tok)
     params, _ = train(env, li.feedback_conditioned(), groups, steps=50)
