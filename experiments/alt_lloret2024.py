@@ -40,7 +40,7 @@ EXPLORE_SAMPLES = 64_000
 def paper() -> ExperimentConfig:
     return common.paper(
         "alt_lloret2024", checkpoint="openai-community/gpt2-large",
-        objective=language_inputs.feedback_conditioned(),
+        objective=language_inputs.alt(),
         optimizer=OptimizerConfig(learning_rate=1e-5, warmup_steps=100, schedule="linear"),
         train=common.paper_train(examples=EXPLORE_SAMPLES, batch=64, completions=1, seq_len=128,
                                  max_prompt_len=96),
@@ -56,7 +56,7 @@ def paper() -> ExperimentConfig:
 
 STAGE = common.method(
     name="ALT", family="language feedback", feedback="critique as condition",
-    objective=language_inputs.feedback_conditioned(), build=sim_feedback.feedback_conditioned,
+    objective=language_inputs.alt(), build=sim_feedback.feedback_conditioned,
     train=common.SIM_LM_TRAIN, optimizer=common.SIM_LM_OPTIMIZER,
     eval_prompt=sim_feedback.desired_feedback_prompt,
 )

@@ -1,4 +1,4 @@
-"""C3PO: Stephan, Zhu, Gu, Rafailov, et al. 2024, "RLVF: Learning from Verbal Feedback without
+"""C3PO: Stephan, Khazatsky, Mitchell, Chen, Hsu, Sharma, Finn 2024, "RLVF: Learning from Verbal Feedback without
 Overgeneralization", arXiv:2402.10893.
 
 Contextualized Critiques with Constrained Preference Optimization: from one piece of high-level
@@ -8,9 +8,9 @@ follow the feedback, and near / out of scope with likelihood of its *original* o
 feedback does not spill over (``fbjax.objectives.language.c3po``).
 
 * ``paper``: Mistral-7B-Instruct-v0.2 on GPT-4-generated prompt sets per feedback (fbjax has no
-  reader: :class:`~fbjax.data.sources.Unavailable`), DPO beta = 0.1 and likelihood weights 0.2
-  for near- and out-of-scope prompts (fbjax's defaults; the paper's lambdas, LoRA settings and
-  the per-feedback dataset size are unverified). The paper tunes LoRA adapters; fbjax has no LoRA.
+  reader: :class:`~fbjax.data.sources.Unavailable`), DPO beta = 0.1 and likelihood weights 0.1
+  near scope, 0.2 out of scope (fbjax's defaults, from the released config_lcdpo.json; LoRA r 64,
+  lr 5e-5 there; the per-feedback dataset size is unverified). The paper tunes LoRA adapters; fbjax has no LoRA.
 * Expected (as recalled): in-scope adherence comparable to in-context feedback with far less
   overgeneralisation to near- and out-of-scope prompts than SFT or DPO alone; no number recorded
   here.

@@ -38,9 +38,9 @@ DEFAULT_VARIANT = common.DEFAULT_VARIANT
 
 PRETRAINING_TOKENS = 3_300_000_000
 SEQ_LEN = 1024
-# Segments scoring at least this (negated toxicity, so higher is better) get <|good|>. A
-# placeholder: the paper's threshold on Detoxify scores is unverified here.
-GOOD_SCORE_THRESHOLD = 0.0
+# Segments scoring at least this (negated toxicity, so higher is better) get <|good|>: the
+# released configs/toxicity/conditional.yml tags aligned iff toxicity <= 0.00056.
+GOOD_SCORE_THRESHOLD = -0.00056
 
 
 def paper() -> ExperimentConfig:

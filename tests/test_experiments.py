@@ -210,16 +210,16 @@ def _trained_runs(group):
 
 def test_coh_sim_data_ends_every_output_with_eos(sim_tok):
     # Evaluation samples the first output's position; a chain whose outputs are followed by
-    # untrained separators never teaches the policy to stop there.
+    # untrained separators never teaches the policy to stop there. The released data: per
+    # prompt, the best and the worst sample as p, n, pn and np sequences.
     groups = _build("coh_liu2023", sim_tok, np.random.default_rng(0))
-    assert len(groups) == 2
-    for group, texts in zip(groups, POOL[1]):
-        runs = _trained_runs(group)
-        assert len(runs) == len(texts)
-        assert all(run[-1] == sim_tok.eos_id for run in runs)
-        outputs = sorted(sim_tok.decode(run[:-1]) for run in runs)
-        # Past-token masking may blank a token; the rest are the samples themselves.
-        assert sum(o in texts for o in outputs) >= len(texts) - 1
+    assert len(groups) == 2 * 4
+    for k, texts in enumerate(POOL[1]):
+        runs = [_trained_runs(g) for g in groups[4 * k:4 * k + 4]]
+        assert [len(r) for r in runs] == [1, 1, 2, 2]
+        assert all(run[-1] == sim_tok.eos_id for rs in runs for run in rs)
+        outputs = [sim_tok.decode(run[:-1]) for rs in runs for run in rs]
+        assert all(o in texts for o in outputs)
 
 
 def test_bco_sim_data_balances_thumbs(sim_tok):

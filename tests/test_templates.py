@@ -23,10 +23,11 @@ TEXTS = [
 
 
 def _char_tokenizer():
-    chars = set("".join(TEXTS))
+    texts = TEXTS + [T.LETI_FEEDBACK_BEGIN, T.LETI_FEEDBACK_END]  # not in btok's corpus
+    chars = set("".join(texts))
     # 4 specials + symbols + 256 byte pieces + one piece per character: no room for merges.
     return train_sentencepiece(
-        TEXTS * 20, vocab_size=4 + len(SYMBOLS) + 256 + len(chars), user_defined_symbols=SYMBOLS
+        texts * 20, vocab_size=4 + len(SYMBOLS) + 256 + len(chars), user_defined_symbols=SYMBOLS
     )
 
 
@@ -139,7 +140,9 @@ def test_separate_tokenization_keeps_the_boundary_exact(btok):
 def test_pinned_bpe_ids(btok):
     # Golden ids from sentencepiece 0.2 on the fixed corpus: guards against silent changes in
     # training options (normalizer, dummy prefix, digit splitting).
-    tokens, mask = render(T.leti("12+7=", "18", good=False, feedback="wrong"), btok)
+    segs = (Segment("<|bad|>12+7=", False), Segment("18", True), Segment("\nFeedback: ", False),
+            Segment("wrong", True))
+    tokens, mask = render(segs, btok)
     assert tokens.tolist() == PINNED_LETI_TOKENS
     assert mask.tolist() == PINNED_LETI_MASK
 
@@ -149,7 +152,8 @@ def test_pinned_bpe_ids(btok):
 
 def test_chain_of_hindsight_exact(ctok):
     rng = np.random.default_rng(0)
-    segs = T.chain_of_hindsight("12+7=", [("19", True), ("18", False)], rng)
+    segs = T.chain_of_hindsight("12+7=", [("19", True), ("18", False)], rng,
+                                eos_after_each=False)
     # Reproduce the builder's draws: permutation, then one phrase index per output.
     r = np.random.default_rng(0)
     order = r.permutation(2).tolist()
@@ -163,12 +167,32 @@ def test_chain_of_hindsight_exact(ctok):
         head = ""
     assert [(s.text, s.trainable) for s in segs] == parts
     check(segs, ctok, expect(ctok, parts, eos_mask=1))
+    # The default (as released): a trained EOS after every output, the draws unchanged.
+    with_eos = T.chain_of_hindsight("12+7=", [("19", True), ("18", False)],
+                                    np.random.default_rng(0))
+    assert [(s.text, s.trainable, s.eos) for s in with_eos] == [
+        (text, trainable, trainable) for text, trainable in parts]
+
+
+def test_chain_of_hindsight_eos_after_every_output(ctok):
+    segs = T.chain_of_hindsight(
+        "12+7=", [("19", True), ("18", False)], np.random.default_rng(1), shuffle=False,
+        positive_phrases=("A good answer:",), negative_phrases=("A bad answer:",),
+    )
+    tokens, mask = render(segs, ctok)
+    eos = ctok.eos_id
+    head, mid = ids(ctok, "12+7=\nA good answer: "), ids(ctok, "\nA bad answer: ")
+    assert tokens.tolist() == ([ctok.bos_id] + head + ids(ctok, "19") + [eos] + mid
+                               + ids(ctok, "18") + [eos])
+    assert mask.tolist() == ([0.0] * (1 + len(head)) + [1.0] * 3 + [0.0] * len(mid)
+                             + [1.0] * 3)
 
 
 def test_chain_of_hindsight_unshuffled_layout(ctok):
     segs = T.chain_of_hindsight(
         "12+7=", [("19", True), ("18", False)], np.random.default_rng(1), shuffle=False,
         positive_phrases=("A good answer:",), negative_phrases=("A bad answer:",),
+        eos_after_each=False,
     )
     parts = [("12+7=\nA good answer: ", False), ("19", True), ("\nA bad answer: ", False),
              ("18", True)]
@@ -195,20 +219,34 @@ def test_chain_of_hindsight_shuffles_and_paraphrases():
 
 
 def test_leti_exact(ctok):
-    segs = T.leti("12+7=", "18", good=False, feedback="The ones digit should be 9.")
-    parts = [("<|bad|>12+7=", False), ("18", True), ("\nFeedback: ", False),
-             ("The ones digit should be 9.", True)]
+    # LeTI's released run_leti.py: reward token, feedback in its markers (failures only), then
+    # problem and solution; loss on every token after the reward token.
+    fb = "The ones digit should be 9."
+    segs = T.leti("12+7=", "18", good=False, feedback=fb)
+    parts = [("<|bad|>", False), (f"<|lang_feedback|>{fb}<|/lang_feedback|>", True),
+             ("12+7=", True), ("18", True)]
     check(segs, ctok, expect(ctok, parts, eos_mask=1))
-    tokens, _ = render(segs, ctok)
+    tokens, mask = render(segs, ctok)
     assert tokens[1] == ctok.token_to_id("<|bad|>")  # the reward token is one id
+    # By hand: [BOS, <|bad|>] untrained, then every id trained, EOS included.
+    body = ids(ctok, f"<|lang_feedback|>{fb}<|/lang_feedback|>12+7=18")
+    assert tokens.tolist() == [ctok.bos_id, ctok.token_to_id("<|bad|>")] + body + [ctok.eos_id]
+    assert mask.tolist() == [0.0, 0.0] + [1.0] * (len(body) + 1)
+    # The feedback precedes the program: the program is conditioned on it.
+    assert tokens.tolist().index(ids(ctok, "8")[0]) > len(ids(ctok, fb))
 
-    segs = T.leti("12+7=", "19", good=True, feedback="ok", train_on_feedback=False)
-    parts = [("<|good|>12+7=", False), ("19", True), ("\nFeedback: ", False), ("ok", False)]
-    check(segs, ctok, expect(ctok, parts, eos_mask=0))
-    # No feedback (LeTI gives it only for failures): the output is the last, trainable segment.
+    # Solution-only loss (ablation).
+    segs = T.leti("12+7=", "18", good=False, feedback="ok", train_on_context=False)
+    parts = [("<|bad|>", False), ("<|lang_feedback|>ok<|/lang_feedback|>", False),
+             ("12+7=", False), ("18", True)]
+    check(segs, ctok, expect(ctok, parts, eos_mask=1))
+    # No feedback (LeTI gives it only for failures): good token, problem, solution; the sampling
+    # prompt is exactly this prefix.
     check(T.leti("12+7=", "19", good=True), ctok,
-          expect(ctok, [("<|good|>12+7=", False), ("19", True)], eos_mask=1))
+          expect(ctok, [("<|good|>", False), ("12+7=", True), ("19", True)], eos_mask=1))
     assert T.leti_prompt("12+7=") == "<|good|>12+7="
+    assert T.leti_prompt("12+7=", "<|bad|>", feedback=fb) == "".join(
+        seg.text for seg in T.leti("12+7=", "18", good=False, feedback=fb)[:-1])
 
 
 def test_conditional_training_threshold(ctok):

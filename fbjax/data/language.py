@@ -8,11 +8,14 @@ objective that reads them is bound in ``fbjax.train.language_inputs``.
 method                 data function                       objective (language_inputs)
 =====================  ==================================  ======================================
 Chain of Hindsight     :func:`chain_of_hindsight_groups`   ``chain_of_hindsight`` (+ pretraining)
+                       :func:`forgetful_key_visibility`,
                        :func:`mask_past_tokens`,
                        :func:`pretraining_groups`
-LeTI                   :func:`leti_groups`                 ``leti`` (+ pretraining)
+LeTI                   :func:`leti_groups`,                ``leti`` (+ pretraining)
+                       :func:`mix_pretraining`
 conditional training   :func:`conditional_groups`          ``conditional_training`` (likelihood)
-ALT / FCP              :func:`feedback_conditioned_groups` ``feedback_conditioned`` (likelihood)
+ALT / FCP              :func:`feedback_conditioned_groups` ``alt`` (likelihood + KL - entropy),
+                       :func:`feedback_balanced_pool`      ``feedback_conditioned`` (likelihood)
 ILF                    :func:`ilf_iteration`,              ``ilf`` (likelihood of refinements)
                        :func:`ilf_loop`
 CUT                    :func:`cut_groups`                  ``cut`` (``aligned_pairs`` layout)
@@ -105,42 +108,103 @@ def with_slot_fields(groups: Sequence[Group], **fields: float) -> list[Group]:
 # ----------------------------------------------------------------------------- Chain of Hindsight
 
 
+# The four sequences the released data writes per comparison (``coh/data/pack_hf.py``):
+# positive only, negative only, positive then negative, negative then positive.
+COH_ORDERS: tuple[tuple[bool, ...], ...] = ((True,), (False,), (True, False), (False, True))
+
+
 def chain_of_hindsight_groups(
     data: Sequence[ex.RankedExample],
     tokenizer,
     rng: np.random.Generator,
     *,
     good_threshold: float = 1.0,
-    past_mask_rate: float = 0.05,
+    past_mask_rate: float = 0.0,
     positive_phrases: Sequence[str] = templates.COH_POSITIVE,
     negative_phrases: Sequence[str] = templates.COH_NEGATIVE,
-    eos_after_each: bool = False,
+    eos_after_each: bool = True,
+    orders: Sequence[Sequence[bool]] | None = COH_ORDERS,
 ) -> list[Group]:
-    """Chain of Hindsight sequences: every output of a prompt, each introduced by a positive or
-    negative feedback phrase (``score >= good_threshold`` is good), random order, loss on the
-    outputs only (``templates.chain_of_hindsight``); then :func:`mask_past_tokens` with a
-    per-sequence rate drawn uniformly from ``[0, past_mask_rate]`` (the paper's 0-5%; 0 turns
-    it off). Slot field ``pretraining = 0`` marks them for :func:`pretraining_groups` mixtures.
+    """Chain of Hindsight sequences (``templates.chain_of_hindsight``), loss on the outputs and
+    on the EOS written after every output.
 
-    At test time sample from ``templates.chain_of_hindsight_prompt(prompt, positive phrase)``;
-    ``eos_after_each`` (see ``templates.chain_of_hindsight``) teaches the model to stop there.
+    With ``orders`` (default :data:`COH_ORDERS`, the released ``p, n, pn, np``), each example is
+    a comparison: its best-scored completion is the positive, its worst the negative, and one
+    sequence is written per order (``True`` = the positive under a positive phrase, ``False`` =
+    the negative under a negative phrase); the prompt appears once, before the first output.
+    Phrases are drawn per sequence from the paraphrase lists (index-paired when the lists have
+    equal length, as the released ``aux`` markers are). Examples whose completions all score
+    the same are skipped. ``orders=None`` writes one sequence of *all* outputs in random order,
+    each labelled by ``score >= good_threshold`` (an extension for rankings).
+
+    ``past_mask_rate > 0`` replaces context tokens by UNK (:func:`mask_past_tokens`, rate drawn
+    from ``[0, past_mask_rate]``); off by default. The released "random past-token masking" is
+    Forgetful Causal Masking, an attention mask (:func:`forgetful_key_visibility`), also off in
+    its released defaults. Slot field ``pretraining = 0`` marks the groups for
+    :func:`pretraining_groups` mixtures. At test time sample from
+    ``templates.chain_of_hindsight_prompt(prompt, positive phrase)``.
     """
+    paired = len(positive_phrases) == len(negative_phrases)
     groups = []
     for e in data:
-        outputs = [(c, s >= good_threshold) for c, s in zip(e.completions, e.scores)]
-        segments = templates.chain_of_hindsight(
-            prompt_text(e.prompt), outputs, rng,
-            positive_phrases=positive_phrases, negative_phrases=negative_phrases,
-            eos_after_each=eos_after_each,
-        )
-        group = encode.from_segments(segments, tokenizer)
-        if past_mask_rate > 0:
-            group = mask_past_tokens(
-                group, rng, rate=float(rng.uniform(0.0, past_mask_rate)),
-                mask_id=tokenizer.unk_id,
-            )
-        groups.append(group)
+        text = prompt_text(e.prompt)
+        if orders is None:
+            outputs = [(c, s >= good_threshold) for c, s in zip(e.completions, e.scores)]
+            sequences = [templates.chain_of_hindsight(
+                text, outputs, rng, positive_phrases=positive_phrases,
+                negative_phrases=negative_phrases, eos_after_each=eos_after_each,
+            )]
+        else:
+            scores = np.asarray(e.scores, float)
+            if scores.max() == scores.min():
+                continue
+            pos, neg = e.completions[int(np.argmax(scores))], e.completions[int(np.argmin(scores))]
+            sequences = []
+            for order in orders:
+                k = int(rng.integers(len(positive_phrases)))
+                good = (positive_phrases[k],)
+                bad = (negative_phrases[k if paired else int(rng.integers(len(negative_phrases)))],)
+                outputs = [(pos, True) if o else (neg, False) for o in order]
+                sequences.append(templates.chain_of_hindsight(
+                    text, outputs, rng, positive_phrases=good, negative_phrases=bad,
+                    shuffle=False, eos_after_each=eos_after_each,
+                ))
+        for segments in sequences:
+            group = encode.from_segments(segments, tokenizer)
+            if past_mask_rate > 0:
+                group = mask_past_tokens(
+                    group, rng, rate=float(rng.uniform(0.0, past_mask_rate)),
+                    mask_id=tokenizer.unk_id,
+                )
+            groups.append(group)
     return with_slot_fields(groups, pretraining=0.0)
+
+
+def forgetful_key_visibility(
+    group: Group, rng: np.random.Generator, *, min_ratio: float = 0.0, max_ratio: float = 0.0
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Forgetful Causal Masking for one group: which tokens may be attended to as keys.
+
+    Returns float ``{0, 1}`` arrays shaped like ``group.prompt`` and each completion: a ratio
+    ``r ~ U[min_ratio, max_ratio]`` is drawn for the sequence, then each token is hidden with
+    probability ``r``, the first token (BOS) never. Inputs and targets are unchanged: every
+    token is still predicted, from the keys that stay visible; the decoder takes the result as
+    ``key_visible`` (``fbjax.models.decoder.attention_mask``).
+
+    The released model (``coh/gptj.py``) drops each (query, key) entry independently; here a
+    hidden key is hidden from every query of its sequence, so the mask is one value per token
+    that the data can carry, with the same expected fraction of dropped entries. Released
+    defaults: ``fcm_min_ratio = fcm_max_ratio = 0`` (off).
+    """
+    if not 0.0 <= min_ratio <= max_ratio <= 1.0:
+        raise ValueError(f"need 0 <= min_ratio <= max_ratio <= 1, got {min_ratio}, {max_ratio}")
+    ratio = float(rng.uniform(min_ratio, max_ratio))
+    pieces = [group.prompt, *group.completions]
+    n = sum(len(p) for p in pieces)
+    visible = (rng.random(n) >= ratio).astype(np.float32)
+    visible[0] = 1.0
+    parts = np.split(visible, np.cumsum([len(p) for p in pieces])[:-1])
+    return parts[0], tuple(parts[1:])
 
 
 def mask_past_tokens(group: Group, rng: np.random.Generator, *, rate: float, mask_id: int) -> Group:
@@ -196,38 +260,83 @@ def leti_groups(
     tokenizer,
     *,
     good_threshold: float = 1.0,
-    train_on_feedback: bool = True,
+    train_on_context: bool = True,
 ) -> list[Group]:
-    """LeTI sequences: reward token (``<|good|>`` iff ``score >= good_threshold``), instruction,
-    the model's output and, for failures only, the textual feedback (``templates.leti``).
-    Slot field ``pretraining = 0``. Sample with ``templates.leti_prompt(prompt)`` (good token).
+    """LeTI sequences (``templates.leti``): reward token (``<|good|>`` iff
+    ``score >= good_threshold``), the textual feedback for failures only, then the instruction
+    and the model's output; every token after the reward token is trained. Slot field
+    ``pretraining = 0``; the released code mixes pretraining text 1:1
+    (:func:`mix_pretraining`). Sample with ``templates.leti_prompt(prompt)`` (good token).
     """
     groups = []
     for e in data:
         good = _score(e) >= good_threshold
         segments = templates.leti(
             prompt_text(e.prompt), e.completion, good=good,
-            feedback="" if good else e.feedback, train_on_feedback=train_on_feedback,
+            feedback="" if good else e.feedback, train_on_context=train_on_context,
         )
         groups.append(encode.from_segments(segments, tokenizer))
     return with_slot_fields(groups, pretraining=0.0)
 
 
-def conditional_groups(
-    data: Sequence[ex.FeedbackExample], tokenizer, *, threshold: float
+def mix_pretraining(
+    groups: Sequence[Group], pretraining: Sequence[Group], *, ratio: float = 1.0
 ) -> list[Group]:
-    """Conditional training: ``<|good|>``/``<|bad|>`` by thresholding ``score``, then the prompt;
-    likelihood of the completion (``templates.conditional_training``). Sample with
-    ``templates.conditional_prompt(prompt)``."""
-    return [
-        encode.from_segments(
-            templates.conditional_training(
-                prompt_text(e.prompt), e.completion, _score(e), threshold=threshold
-            ),
-            tokenizer,
+    """``groups`` followed by ``round(ratio * len(groups))`` pretraining groups (from
+    :func:`pretraining_groups`), cycling through ``pretraining`` when it is shorter.
+
+    LeTI's released trainer (``run_leti.py``, ``mix_pretrain_data``) takes one optimizer step on
+    a pretraining batch after every feedback batch, restarting the pretraining loader when it
+    runs out: a 1:1 mixture by example (``ratio=1``, the default). Here the two kinds share
+    batches (the batch stream shuffles groups) instead of alternating steps; the proportion, and
+    with ``nll_with_pretraining``'s weight 1 the expected gradient, are the same.
+    """
+    if ratio < 0:
+        raise ValueError(f"mix_pretraining: ratio must be >= 0, got {ratio}")
+    count = int(round(ratio * len(groups)))
+    if count and not pretraining:
+        raise ValueError("mix_pretraining: ratio > 0 but no pretraining groups were given")
+    extra = [pretraining[k % len(pretraining)] for k in range(count)]
+    return list(groups) + extra
+
+
+def conditional_groups(
+    data: Sequence[ex.FeedbackExample],
+    tokenizer,
+    *,
+    threshold: float,
+    untagged_fraction: float = 0.01,
+    rng: np.random.Generator | None = None,
+) -> list[Group]:
+    """Conditional training: ``<|good|>`` iff ``score >= threshold`` (inclusive), else
+    ``<|bad|>``, then the prompt; likelihood of the completion
+    (``templates.conditional_training``). Sample with ``templates.conditional_prompt(prompt)``.
+
+    Korbak et al.'s released code (``apo/dataset_wrappers.py``, ``configs/toxicity/
+    conditional.yml``) tags a sentence aligned iff its misalignment score is ``<= threshold``
+    (toxicity: 0.00056) and leaves a fraction ``drop_token_fraction = 0.01`` of sentences
+    without any tag. Scores here are rewards (higher is better): pass ``score = -toxicity`` and
+    ``threshold = -0.00056`` for the same rule, boundary included. ``untagged_fraction`` of the
+    examples (drawn from ``rng``; a generator seeded 0 when none is given, so the data are
+    reproducible) get the plain prompt with no control token, so the model also learns the
+    unconditional distribution; 0 tags everything.
+    """
+    if not 0.0 <= untagged_fraction <= 1.0:
+        raise ValueError(f"conditional_groups: untagged_fraction must be in [0, 1], "
+                         f"got {untagged_fraction}")
+    rng = np.random.default_rng(0) if rng is None else rng
+    # One draw per example, whatever the fraction, so the fraction does not shift the stream.
+    untagged = rng.random(len(data)) < untagged_fraction
+    groups = []
+    for e, plain in zip(data, untagged):
+        text = prompt_text(e.prompt)
+        segments = (
+            templates.prompt_completion(text, e.completion) if plain
+            else templates.conditional_training(text, e.completion, _score(e),
+                                                threshold=threshold)
         )
-        for e in data
-    ]
+        groups.append(encode.from_segments(segments, tokenizer))
+    return groups
 
 
 def feedback_conditioned_groups(
@@ -251,6 +360,39 @@ def feedback_conditioned_groups(
         )
         for e in data
     ]
+
+
+def feedback_balanced_pool(
+    data: Sequence[ex.FeedbackExample],
+    rng: np.random.Generator,
+    *,
+    per_feedback: int | None = None,
+) -> list[ex.FeedbackExample]:
+    """ALT's training draw from its data pool: for every prompt, up to ``per_feedback``
+    examples of *each* distinct feedback that prompt received, chosen uniformly without
+    replacement (``None``: all of them). Output order: prompts in first-seen order, feedback
+    categories in first-seen order within a prompt, then the drawn examples in draw order.
+
+    The released pool (``alt/data_pool.py``, ``get_samples(num_samples_per_quantile)``) samples
+    the same number per feedback category (reward quantile or feedback text) and prompt, so
+    rare kinds of feedback are not drowned by common ones; it also prefers generations under 64
+    tokens when filling a category, which is not reproduced here.
+    """
+    if per_feedback is not None and per_feedback < 1:
+        raise ValueError(f"feedback_balanced_pool: per_feedback must be >= 1 or None, "
+                         f"got {per_feedback}")
+    by_prompt: dict[str, dict[str, list[int]]] = {}
+    for k, e in enumerate(data):
+        by_prompt.setdefault(prompt_text(e.prompt), {}).setdefault(e.feedback, []).append(k)
+    out = []
+    for categories in by_prompt.values():
+        for indices in categories.values():
+            if per_feedback is None or per_feedback >= len(indices):
+                chosen = indices
+            else:
+                chosen = [indices[int(i)] for i in rng.permutation(len(indices))[:per_feedback]]
+            out.extend(data[i] for i in chosen)
+    return out
 
 
 # ----------------------------------------------------------------------------- ILF
@@ -355,9 +497,41 @@ def ilf_loop(
 # ----------------------------------------------------------------------------- CUT
 
 
+# CUT's released judged prompt (``templates/alpaca.json``, ``prompt_no_input_judge``): the
+# request to match the judgment, the instruction, then the judgment. The plain counterpart is
+# ``prompt_no_input``. Use both for Alpaca-formatted data (``cut_groups(judged_prompt=
+# cut_alpaca_judged_prompt, plain_prompt=cut_alpaca_prompt)``).
+CUT_ALPACA_JUDGED = (
+    "Below is an instruction that describes a task. Write a response to the instruction and the "
+    "response should match the corresponding judgment.\n\n### Instruction:\n{instruction}\n\n"
+    "### Judgment:\n{judgment}\n\n### Response:\n"
+)
+CUT_ALPACA_PLAIN = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+
+def cut_alpaca_judged_prompt(prompt: str, judgment: str) -> str:
+    """CUT's released judged prompt, word for word (:data:`CUT_ALPACA_JUDGED`)."""
+    return CUT_ALPACA_JUDGED.format(instruction=prompt, judgment=judgment)
+
+
+def cut_alpaca_prompt(prompt: str) -> str:
+    """CUT's released plain prompt (:data:`CUT_ALPACA_PLAIN`)."""
+    return CUT_ALPACA_PLAIN.format(instruction=prompt)
+
+
 def cut_judged_prompt(prompt: str, judgment: str) -> str:
-    """The judgment-conditioned context of CUT: the judgment, then the instruction."""
-    return templates.feedback_conditioned_prompt(prompt, judgment)
+    """The judgment-conditioned context of CUT in the data's own prompt format, in the released
+    order: the instruction (the plain prompt), then the judgment, then the request to respond
+    so as to match it; the response follows. Shorter than :func:`cut_alpaca_judged_prompt`
+    (which also wraps the plain prompt) so that it fits short-context models."""
+    return f"{prompt}\nJudgment: {judgment}\nA response matching the judgment:\n"
+
+
+def _identity(prompt: str) -> str:
+    return prompt
 
 
 def cut_groups(
@@ -366,6 +540,9 @@ def cut_groups(
     *,
     negative_threshold: float = 1.0,
     judged_prompt: Callable[[str, str], str] = cut_judged_prompt,
+    plain_prompt: Callable[[str], str] = _identity,
+    positive_ratio: float | None = 0.25,
+    rng: np.random.Generator | None = None,
 ) -> list[Group]:
     """CUT pairs: slot 0 = the response under the plain prompt, slot 1 = the *same* response
     tokens under the judgment-conditioned prompt (via :func:`multi_prompt_group`).
@@ -377,17 +554,34 @@ def cut_groups(
     trains positives without the judgment). The response tokens are identical in both slots,
     which is what ``fbjax.train.language_inputs.aligned_pairs`` relies on to line them up.
     Slot field ``negative`` records which case a pair is.
+
+    As in the released ``finetune_unlikelihood.py`` (``--downsample 0.25``), positives are
+    downsampled to ``int(positive_ratio * n_negative)`` when there are more, chosen uniformly
+    (``rng``; a generator seeded 0 when none is given); groups keep the data's order.
+    ``positive_ratio=None`` keeps every positive.
     """
+    if positive_ratio is not None and positive_ratio < 0:
+        raise ValueError(f"cut_groups: positive_ratio must be >= 0 or None, got {positive_ratio}")
+    negative = [_score(e) < negative_threshold for e in data]
+    keep = np.ones(len(data), bool)
+    if positive_ratio is not None:
+        positives = np.flatnonzero(~np.asarray(negative, bool))
+        n_keep = int(sum(negative) * positive_ratio)
+        if n_keep < len(positives):
+            rng = np.random.default_rng(0) if rng is None else rng
+            keep[positives] = False
+            keep[rng.choice(positives, size=n_keep, replace=False)] = True
     groups = []
-    for e in data:
+    for e, neg, kept in zip(data, negative, keep):
+        if not kept:
+            continue
         text = prompt_text(e.prompt)
-        negative = _score(e) < negative_threshold
         response = _scored_ids(tokenizer, e.completion)
-        plain = encode.prompt_ids(tokenizer, text)
+        plain = encode.prompt_ids(tokenizer, plain_prompt(text))
         judged = plain
-        if negative:
+        if neg:
             judged = encode.prompt_ids(tokenizer, judged_prompt(text, e.feedback))
-        flag = float(negative)
+        flag = float(neg)
         groups.append(multi_prompt_group(
             [(plain, response, None), (judged, response, None)], {"negative": (flag, flag)}
         ))
@@ -446,12 +640,17 @@ def sami_groups(
     tokenizer,
     *,
     context: Callable[[str, str], str] = sami_prompt,
+    score_eos: bool = False,
 ) -> list[Group]:
     """One group per query ``(x, constitutions c_1..c_n, responses y_1..y_n)`` (``y_j`` sampled
     under ``c_j``) with ``n * n`` slots: slot ``i * n + j`` is ``y_j`` under ``(x, c_i)``, so
     ``inputs.listwise(n * n)`` reshaped to ``[G, n, n]`` is SAMI's matrix ``L_ij``
     (``fbjax.train.language_inputs.sami_matrix``). ``train.slots_per_row`` must be a multiple
-    of ``n * n``."""
+    of ``n * n``.
+
+    Each response ends in EOS, unscored by default as in SAMI's released code (``_get_mask``:
+    responses are cut at the first EOS when sampled, so its probability says nothing about the
+    constitution); ``score_eos=True`` scores it."""
     groups = []
     for query, constitutions, responses in data:
         if len(constitutions) != len(responses):
@@ -460,7 +659,10 @@ def sami_groups(
             )
         contexts = [encode.prompt_ids(tokenizer, context(query, c)) for c in constitutions]
         ys = [_scored_ids(tokenizer, y) for y in responses]
-        groups.append(multi_prompt_group([(c, y, None) for c in contexts for y in ys]))
+        weights = [np.concatenate([np.ones(len(y) - 1), [float(score_eos)]]) for y in ys]
+        groups.append(multi_prompt_group(
+            [(c, y, w) for c in contexts for y, w in zip(ys, weights)]
+        ))
     return groups
 
 

@@ -134,7 +134,7 @@ def chain_of_hindsight(
     negative_phrases: Sequence[str] = COH_NEGATIVE,
     shuffle: bool = True,
     separator: str = "\n",
-    eos_after_each: bool = False,
+    eos_after_each: bool = True,
 ) -> tuple[Segment, ...]:
     """Chain of Hindsight (Liu et al., 2023): several outputs, each introduced by a feedback
     phrase saying whether it is good, in one sequence::
@@ -146,11 +146,11 @@ def chain_of_hindsight(
     model learns to produce outputs *consistent with* the preceding phrase. Sample with
     :func:`chain_of_hindsight_prompt` and a positive phrase.
 
-    By default only the last output is followed by a (trained) EOS; the separator after the
-    others is context, never a target. A model trained on such sequences alone never learns where
-    an output that is not the last one ends, so sampled from the test-time prompt (the first
-    output's position) it does not stop. ``eos_after_each`` ends every output with a trained EOS
-    (the reference code gets the same signal from the single-output sequences in its mixture).
+    Every output is followed by a trained EOS (``eos_after_each``, as the released data writes
+    ``<|eos|>`` after each output): the model learns where an output ends, so sampled from the
+    test-time prompt it stops after one output. ``eos_after_each=False`` puts the EOS after the
+    last output only (the separator after the others is context, never a target); a model
+    trained on such sequences alone does not learn to stop after the first output.
     """
     if not outputs:
         raise ValueError("chain_of_hindsight needs at least one output")
@@ -180,6 +180,10 @@ GOOD_TOKEN = "<|good|>"
 BAD_TOKEN = "<|bad|>"
 
 
+LETI_FEEDBACK_BEGIN = "<|lang_feedback|>"
+LETI_FEEDBACK_END = "<|/lang_feedback|>"
+
+
 def leti(
     prompt: str,
     completion: str,
@@ -188,29 +192,45 @@ def leti(
     feedback: str = "",
     good_token: str = GOOD_TOKEN,
     bad_token: str = BAD_TOKEN,
-    feedback_prefix: str = "\nFeedback: ",
-    train_on_feedback: bool = True,
+    feedback_begin: str = LETI_FEEDBACK_BEGIN,
+    feedback_end: str = LETI_FEEDBACK_END,
+    train_on_context: bool = True,
 ) -> tuple[Segment, ...]:
-    """LeTI (Wang et al., 2023): a binary reward token prepended to instruction + own output,
-    followed by textual feedback::
+    """LeTI (Wang et al., 2023): a binary reward token, then the textual feedback (failures
+    only), then the problem and the model's solution::
 
-        {<|good|> or <|bad|>}{prompt}{completion}{feedback_prefix}{feedback}
+        {<|good|> or <|bad|>}{feedback_begin}{feedback}{feedback_end}{prompt}{completion}
 
-    The output is trained on under the reward token, so sampling after ``<|good|>`` prefers good
-    outputs; the feedback (omitted when empty, as LeTI gives it only for failures) is trained on
-    too by default, since LeTI applies the LM objective to the whole concatenation after the
-    instruction.
+    as the released ``run_leti.py`` writes it: the feedback comes *before* the program, so the
+    program is generated conditioned on it, and the language-modelling loss covers every token
+    after the reward token (feedback, problem and solution; the reward token itself is the first
+    token there and never a target, so it is not trained here either). ``train_on_context=False``
+    trains the solution only (a deviation, for ablations). Sample with :func:`leti_prompt` (the
+    good token, no feedback, then the problem), which is exactly a good example's prefix.
+
+    The markers are LeTI's special tokens; a tokenizer without them as single pieces writes
+    them as text.
     """
-    segments = [Segment(leti_prompt(prompt, good_token if good else bad_token), False),
-                Segment(completion, True)]
+    segments = [Segment(good_token if good else bad_token, False)]
     if feedback:
-        segments.append(Segment(feedback_prefix, False))
-        segments.append(Segment(feedback, train_on_feedback))
+        segments.append(Segment(feedback_begin + feedback + feedback_end, train_on_context))
+    segments.append(Segment(prompt, train_on_context))
+    segments.append(Segment(completion, True))
     return tuple(segments)
 
 
-def leti_prompt(prompt: str, reward_token: str = GOOD_TOKEN) -> str:
-    return reward_token + prompt
+def leti_prompt(
+    prompt: str,
+    reward_token: str = GOOD_TOKEN,
+    *,
+    feedback: str = "",
+    feedback_begin: str = LETI_FEEDBACK_BEGIN,
+    feedback_end: str = LETI_FEEDBACK_END,
+) -> str:
+    """The text before the solution in :func:`leti`: reward token, feedback (if any), problem.
+    Sampling uses the good token and no feedback."""
+    head = reward_token + (feedback_begin + feedback + feedback_end if feedback else "")
+    return head + prompt
 
 
 # ---------------------------------------------------------------- conditional training

@@ -69,12 +69,15 @@ def attention_mask(
     q_pos: Array,
     k_pos: Array,
     sliding_window: int | None,
+    key_visible: Array | None = None,
 ) -> Array:
     """Boolean ``[B, 1, T, S]`` mask: True where query t may attend to key s.
 
     Indices are slots in the row (causality follows the row order, which is what makes a
     prefix-shared row ``[prompt][chosen][rejected]`` work: rejected comes after chosen in the
-    row but is kept from seeing it by the branch rule).
+    row but is kept from seeing it by the branch rule). ``key_visible`` (``[B, S]``, nonzero =
+    visible) hides keys from every query, e.g. Forgetful Causal Masking
+    (``fbjax.data.language.forgetful_key_visibility``).
     """
     causal = k_index[:, None, :] <= q_index[:, :, None]
     same_segment = q_segment[:, :, None] == k_segment[:, None, :]
@@ -82,6 +85,8 @@ def attention_mask(
     mask = causal & same_segment & branch_ok
     if sliding_window is not None:
         mask &= (q_pos[:, :, None] - k_pos[:, None, :]) < sliding_window
+    if key_visible is not None:
+        mask &= (key_visible != 0)[:, None, :]
     return mask[:, None, :, :]
 
 
@@ -213,6 +218,7 @@ class Attention(nn.Module):
             mask = attention_mask(
                 meta["q_index"], meta["q_index"], segment_ids, segment_ids,
                 branch_ids, branch_ids, positions, positions, cfg.sliding_window,
+                meta.get("key_visible"),
             )
             new_cache = None
         else:
@@ -288,6 +294,7 @@ class Decoder(nn.Module):
         segment_ids: Array,
         branch_ids: Array | None = None,
         cache: DecodeCache | None = None,
+        key_visible: Array | None = None,
     ) -> tuple[Array, DecodeCache | None]:
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
@@ -317,6 +324,8 @@ class Decoder(nn.Module):
         meta: dict[str, Array] = {}
         if cache is None:
             meta["q_index"] = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+            if key_visible is not None:  # training-time key hiding (``attention_mask``)
+                meta["key_visible"] = key_visible
         else:
             q_index = cache.index + jnp.arange(length, dtype=jnp.int32)
             seg_all = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, cache.index, 1)

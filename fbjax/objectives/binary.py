@@ -497,11 +497,18 @@ def pmpo(
     paper's setting, so its gradient is an unbiased estimate of
     :math:`-\beta\,\mathbb{E}_{\pi_{\text{ref}}}[\nabla \ell_\theta]`. ``alpha=1`` uses positives
     only, ``alpha=0`` negatives only (the KL term then is the only thing pulling likelihood up).
-    The per-class expectations become one batch mean, which weighs the classes by their share
-    of the batch: with a fraction :math:`p` accepted it is the paper's objective only for
-    :math:`p = 1/2`; otherwise pass :math:`\alpha' \propto \alpha / p`,
-    :math:`1 - \alpha' \propto (1 - \alpha) / (1 - p)` and :math:`\beta` scaled alike
-    (``experiments.common.pmpo_class_means``). With this sample estimate a rejected example's
+    The paper's expectations are per class; the step's reduction is one batch mean, which weighs
+    accepted and rejected examples by their share of the batch. With a fraction :math:`p`
+    accepted, the batch mean of :math:`\mathcal{L}` is
+    :math:`p\,\alpha\,(-\mathbb{E}_{D_a}\ell_\theta) + (1 - p)(1 - \alpha)\,
+    \mathbb{E}_{D_r}\ell_\theta + \beta\,\widehat{\mathrm{KL}}`, so even at :math:`p = 1/2`
+    it is *not* :math:`-J`: it is :math:`-\tfrac12 J` with :math:`\beta` doubled (the class
+    terms are halved, the KL term is not). To get :math:`-c\,J` for any :math:`p`, pass
+    :math:`\alpha' = c\,\alpha / p` and :math:`\beta' = c\,\beta` with
+    :math:`c = 1 / (\alpha/p + (1 - \alpha)/(1 - p))` (then
+    :math:`1 - \alpha' = c\,(1 - \alpha)/(1 - p)`; at :math:`p = 1/2`: :math:`\alpha' = \alpha`,
+    :math:`\beta' = \beta / 2`, :math:`c = 1/2`); ``experiments.common.pmpo_class_means`` does
+    this, and :math:`c` only rescales the learning rate. With this sample estimate a rejected example's
     loss is :math:`(1 - \alpha - \beta)\,\ell_\theta(y)` plus a constant, which is bounded
     below only when :math:`\beta \ge 1 - \alpha`; keep accepted or unlabelled reference samples in the batch
     (their KL terms carry the anchor) when learning from negatives only.

@@ -11,6 +11,7 @@ the losses that are more than plain likelihood:
 * :func:`c3po` - C3PO: DPO on in-scope prompts, likelihood of the original model's outputs on
   near- and out-of-scope prompts.
 * :func:`sami` - SAMI: symmetric InfoNCE over a (constitution x response) log-prob matrix.
+* :func:`alt` - ALT: feedback-conditioned likelihood + KL(ref || policy) - entropy, per token.
 * :func:`token_weighted` - token-level rewards from critiques (Fine-Grained RLHF, Text2Grad):
   likelihood on tokens with positive weight, unlikelihood on tokens with negative weight.
 
@@ -253,7 +254,7 @@ def c3po(
     scope: ArrayLike,
     *,
     beta: float = 0.1,
-    near_scope_weight: float = 0.2,
+    near_scope_weight: float = 0.1,
     out_of_scope_weight: float = 0.2,
 ) -> tuple[Array, Metrics]:
     r"""C3PO: apply verbal feedback where it is relevant, keep the original model elsewhere.
@@ -272,10 +273,16 @@ def c3po(
 
     with :math:`\rho(y) = \log\pi_\theta(y) - \log\pi_{\text{ref}}(y)`. The likelihood of the
     *original* model's completions on prompts where the feedback does not apply is what keeps
-    the feedback from overgeneralising. The step averages over the examples of a batch, so the
-    paper's :math:`\mathbb{E}_{in} + \lambda_1\mathbb{E}_{near} + \lambda_2\mathbb{E}_{out}`
-    is recovered up to the (constant) mixture proportions of the data. Defaults: the DPO
-    :math:`\beta = 0.1`; :math:`\lambda_1 = \lambda_2 = 0.2` are ours, not taken from the paper.
+    the feedback from overgeneralising. The released trainer (``src/lcdpo.py``, config
+    ``configs/config_lcdpo.json``) adds three batch means, :math:`\text{DPO} + \lambda_1
+    \text{CE}_{near} + \lambda_2 \text{CE}_{out}` (CE the token-mean cross-entropy; its
+    distillation term is off, ``lcdpo_lambda = 0``); the step here averages over all examples of
+    a batch, so with in-, near- and out-of-scope examples in proportions :math:`q_{in}, q_{near},
+    q_{out}` it minimises :math:`q_{in}\text{DPO} + q_{near}\lambda_1\text{CE}_{near} +
+    q_{out}\lambda_2\text{CE}_{out}`, the reference's loss times :math:`1/3` for the paper's
+    1:1:1 mix. Defaults as released: DPO :math:`\beta = 0.1`, :math:`\lambda_1 = 0.1`
+    (``lcdpo_sigma_hard``, near scope), :math:`\lambda_2 = 0.2` (``lcdpo_sigma_soft``, out of
+    scope).
 
     Args:
         policy_logps: ``[N]`` summed completion log-probs of each slot.
@@ -287,8 +294,8 @@ def c3po(
         scope: ``[N]`` ``SCOPE_IN_CHOSEN``, ``SCOPE_IN_REJECTED`` (loss 0: read as a partner),
             ``SCOPE_NEAR`` or ``SCOPE_OUT``.
         beta: DPO inverse temperature :math:`\beta`.
-        near_scope_weight: :math:`\lambda_1`.
-        out_of_scope_weight: :math:`\lambda_2`.
+        near_scope_weight: :math:`\lambda_1` (released: 0.1).
+        out_of_scope_weight: :math:`\lambda_2` (released: 0.2).
 
     Returns:
         ``(loss [N], metrics)``: ``rewards/margin``, ``rewards/accuracy`` (in-scope pairs),
@@ -297,7 +304,8 @@ def c3po(
 
     References:
         Stephan, Khazatsky, Mitchell, Chen, Hsu, Sharma, Finn 2024, "RLVF: Learning from Verbal
-        Feedback without Overgeneralization", arXiv:2402.10893, Sec. 4 (C3PO objective).
+        Feedback without Overgeneralization", arXiv:2402.10893, Sec. 4 (C3PO objective);
+        austrian-code-wizard/c3po ``src/lcdpo.py``, ``configs/config_lcdpo.json`` (weights).
 
     Examples:
         >>> import jax.numpy as jnp, math
@@ -305,7 +313,7 @@ def c3po(
         >>> partner = jnp.array([-6.0, 0.0, 0.0])
         >>> loss, _ = c3po(lp, partner, jnp.full(3, -5.0), jnp.array([-5.0, 0.0, 0.0]),
         ...                jnp.array([2.0, 2.0, 3.0]), jnp.array([1.0, 2.0, 4.0]), beta=1.0)
-        >>> print([round(v, 4) for v in loss.tolist()])  # softplus(-2), 0, 0.2 * 3 / 3
+        >>> print([round(v, 4) for v in loss.tolist()])  # softplus(-2), 0, 0.2 * 3 / 3 (out)
         [0.1269, 0.0, 0.2]
     """
     kind = _float(scope)
@@ -337,11 +345,18 @@ def c3po(
 # ----------------------------------------------------------------------------- SAMI
 
 
-def sami(logp_matrix: ArrayLike, valid: ArrayLike) -> tuple[Array, Metrics]:
+def sami(
+    logp_matrix: ArrayLike,
+    lengths: ArrayLike,
+    valid: ArrayLike,
+    *,
+    per_token: bool = True,
+) -> tuple[Array, Metrics]:
     r"""SAMI: symmetric InfoNCE between constitutions and the responses sampled under them.
 
     For a query :math:`x`, constitutions :math:`c_1..c_n` and responses :math:`y_j` sampled
-    under :math:`c_j`, with :math:`L_{ij} = \log\pi_\theta(y_j \mid x, c_i)`:
+    under :math:`c_j`, with :math:`L_{ij} = \frac{1}{|y_j|}\log\pi_\theta(y_j \mid x, c_i)`
+    (the *mean* per-token log-prob, the response's EOS not scored):
 
     .. math::
         \mathcal{L} = \frac{1}{2}\Big[\frac{1}{n}\sum_i -\log
@@ -353,10 +368,21 @@ def sami(logp_matrix: ArrayLike, valid: ArrayLike) -> tuple[Array, Metrics]:
     information :math:`I(y; c \mid x)`. Invalid entries (padding) are excluded from both
     normalisers; a row or column whose diagonal entry is invalid is skipped.
 
+    The released code averages token log-probs (``get_batch_logprobs``) and masks the EOS
+    (``_get_mask``; ``fbjax.data.language.sami_groups`` leaves it unscored). With summed
+    log-probs (``per_token=False``, kept for comparison) a row's softmax follows response
+    *length*: a 40-token response has a far lower sum than a 12-token one under every
+    constitution, so the row of the short response is solved by length alone and the row of
+    the long one cannot be; for two responses of 12 and 40 tokens at -1.0 nat per token under
+    their own constitution and -1.5 under the other, the mean gives
+    :math:`\log(1 + e^{-0.5}) = 0.474` and the sum 5.50.
+
     Args:
-        logp_matrix: ``[G, n, n]`` :math:`L_{ij}` per query (summed response log-probs;
-            ``fbjax.train.language_inputs.sami_matrix`` builds it from a batch).
+        logp_matrix: ``[G, n, n]`` summed response log-probs :math:`\log\pi_\theta(y_j \mid
+            x, c_i)` per query (``fbjax.train.language_inputs.sami_matrix`` builds it).
+        lengths: ``[G, n, n]`` scored token counts of the same entries.
         valid: ``[G, n, n]`` 1 for real entries.
+        per_token: divide by ``lengths`` (the released code; default) or use the sums.
 
     Returns:
         ``(loss [G], metrics)``: ``sami/row_accuracy`` (rows whose argmax is the diagonal) and
@@ -365,15 +391,18 @@ def sami(logp_matrix: ArrayLike, valid: ArrayLike) -> tuple[Array, Metrics]:
     References:
         Fränken, Zelikman, Rafailov, Gandhi, Gerstenberg, Goodman 2024, "Self-Supervised
         Alignment with Mutual Information: Learning to Follow Principles without Preference
-        Labels", arXiv:2404.14313, Sec. 3 (SAMI objective).
+        Labels", arXiv:2404.14313, Sec. 3 (SAMI objective); janphilippfranken/sami
+        ``src/sami/trainers/sami_trainer.py`` (token means, EOS masked).
 
     Examples:
         >>> import jax.numpy as jnp, math
         >>> L = jnp.log(jnp.array([[[0.6, 0.2], [0.2, 0.6]]]))
-        >>> loss, _ = sami(L, jnp.ones((1, 2, 2)))
+        >>> loss, _ = sami(L, jnp.ones((1, 2, 2)), jnp.ones((1, 2, 2)))
         >>> print(round(float(loss[0]), 4), round(-math.log(0.75), 4))  # rows = columns here
         0.2877 0.2877
     """
+    if per_token:
+        logp_matrix = _float(logp_matrix) / jnp.maximum(_float(lengths), 1.0)
     lm = _float(logp_matrix)
     v = _float(valid) > 0
     n = lm.shape[-1]
@@ -395,6 +424,74 @@ def sami(logp_matrix: ArrayLike, valid: ArrayLike) -> tuple[Array, Metrics]:
         "sami/diagonal_margin": diag_mean - off_mean,
     }
     return loss, {k: _sg(v_) for k, v_ in metrics.items()}
+
+
+# ----------------------------------------------------------------------------- ALT
+
+
+def alt(
+    policy_token_logps: ArrayLike,
+    token_kl: ArrayLike,
+    token_entropy: ArrayLike,
+    token_mask: ArrayLike,
+    *,
+    kl_coef: float = 0.05,
+    entropy_coef: float = 0.06,
+) -> tuple[Array, Metrics]:
+    r"""ALT: likelihood of feedback-conditioned completions, a KL anchor and an entropy bonus.
+
+    Over the completion tokens :math:`t` of a row (each token's full next-token distribution):
+
+    .. math::
+        \ell = \frac{1}{T}\sum_t \Big(-\log\pi_\theta(y_t \mid f, x, y_{<t})
+            + \beta_{KL}\,\mathrm{KL}\big(\pi_{\text{ref}}(\cdot \mid \ldots)
+              \,\Vert\, \pi_\theta(\cdot \mid \ldots)\big)
+            - \beta_H\,\mathcal{H}\big(\pi_\theta(\cdot \mid \ldots)\big)\Big)
+
+    as the released trainer (``alt/trainer/alt_trainer.py``, inherited from Quark) computes it:
+    ``reduce_mean(lm_loss + kl_coef * kl - entropy_coef * entropy, masks)``, a mean over all
+    completion tokens of the batch, which the step's token-count row weights
+    (``fbjax.train.language_inputs.token_distributions``) reproduce. Released coefficients
+    (every ALT / Quark config): ``kl_coef = 0.05``, ``entropy_coef = 0.06``. The KL is
+    token-level over the whole vocabulary, with the reference (the initial policy) under the
+    same feedback-conditioned context.
+
+    Args:
+        policy_token_logps: ``[B, L]`` log-probs of the completion tokens.
+        token_kl: ``[B, L]`` :math:`\mathrm{KL}(\pi_{\text{ref}} \Vert \pi_\theta)` of
+            each token's predicting distribution.
+        token_entropy: ``[B, L]`` entropy of :math:`\pi_\theta` there.
+        token_mask: ``[B, L]`` 1 on completion tokens.
+        kl_coef: :math:`\beta_{KL}`.
+        entropy_coef: :math:`\beta_H`.
+
+    Returns:
+        ``(loss [B], metrics)``: ``logps/policy``, ``kl`` and ``entropy`` (token means).
+
+    References:
+        Lloret, Dhuliawala, Murugesan, Sachan 2024, "Towards Aligning Language Models with
+        Textual Feedback", arXiv:2407.16970, Sec. 3; sauc-abadal/ALT
+        ``alt/trainer/alt_trainer.py`` and ``tasks/*/configs/*.yaml`` (coefficients).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> loss, _ = alt(jnp.array([[-1.0, -3.0]]), jnp.array([[0.2, 0.0]]),
+        ...               jnp.array([[1.0, 2.0]]), jnp.ones((1, 2)))
+        >>> print(round(float(loss[0]), 4))  # (1 + 3) / 2 + 0.05 * 0.1 - 0.06 * 1.5
+        1.915
+    """
+    mask = _float(token_mask)
+    per_token_nll = -_float(policy_token_logps)
+    kl = _float(token_kl)
+    ent = _float(token_entropy)
+    per_token = per_token_nll + kl_coef * kl - entropy_coef * ent
+    loss = _masked_mean(per_token, mask)
+    metrics = {
+        "logps/policy": _masked_mean(-per_token_nll, mask),
+        "kl": _masked_mean(kl, mask),
+        "entropy": _masked_mean(ent, mask),
+    }
+    return loss, {k: _sg(v) for k, v in metrics.items()}
 
 
 # ----------------------------------------------------------------------------- token rewards

@@ -79,3 +79,58 @@ def sequence_sums(values_BxL: Array, mask_BxL: Array, slot_ids_BxL: Array, num_s
     """Per-slot sums ``[B, K]`` of ``values * mask`` (a one-hot contraction, local to each row)."""
     onehot = jax.nn.one_hot(slot_ids_BxL, num_slots, dtype=jnp.float32)
     return jnp.einsum("bl,blk->bk", values_BxL * mask_BxL, onehot)
+
+
+def token_kl_and_entropy(
+    hidden_BxLxD: Array,
+    w_DxV: Array,
+    ref_hidden_BxLxD: Array,
+    ref_w_DxV: Array,
+    predictor_BxL: Array,
+    *,
+    chunk_size: int = 8192,
+) -> tuple[Array, Array]:
+    """Full-vocabulary ``KL(ref || policy)`` and policy entropy of the distribution that predicts
+    each token (read at ``predictor[t]``, as :func:`token_logps`), ``[B, L]`` each, float32.
+
+    With logits ``z`` (policy) and ``r`` (reference) and their log-normalisers ``A``, ``A_r``:
+    ``KL = sum_v p_r(v) (r_v - z_v) - A_r + A`` and ``H = A - sum_v p(v) z_v``; the two sums run
+    over vocabulary chunks, so memory stays ``[B, L, chunk]``. Gradients flow through the policy
+    terms; pass a stop-gradient reference.
+    """
+    hidden = hidden_BxLxD.astype(jnp.float32)
+    ref_hidden = ref_hidden_BxLxD.astype(jnp.float32)
+    lse = chunked_logsumexp(hidden, w_DxV, chunk_size=chunk_size)
+    ref_lse = chunked_logsumexp(ref_hidden, ref_w_DxV, chunk_size=chunk_size)
+    d, vocab = w_DxV.shape
+    num_chunks = -(-vocab // chunk_size)
+    size = min(chunk_size, vocab)
+    pad = num_chunks * size - vocab
+
+    def chunks(w):
+        w = jnp.pad(w, ((0, 0), (0, pad))).reshape(d, num_chunks, size)
+        return jnp.moveaxis(w, 1, 0)  # [C, D, chunk]
+
+    valid = (jnp.arange(num_chunks * size) < vocab).reshape(num_chunks, size)
+
+    @jax.checkpoint
+    def chunk_sums(w_chunk, ref_w_chunk, valid_chunk):
+        z = hidden @ w_chunk.astype(jnp.float32)
+        r = ref_hidden @ ref_w_chunk.astype(jnp.float32)
+        p = jnp.where(valid_chunk, jnp.exp(z - lse[..., None]), 0.0)
+        p_ref = jnp.where(valid_chunk, jnp.exp(r - ref_lse[..., None]), 0.0)
+        return jnp.sum(p_ref * (r - z), axis=-1), jnp.sum(p * z, axis=-1)
+
+    def step(carry, xs):
+        kl_acc, ent_acc = carry
+        kl_c, ent_c = chunk_sums(*xs)
+        return (kl_acc + kl_c, ent_acc + ent_c), None
+
+    zeros = jnp.zeros(lse.shape, jnp.float32)
+    (cross, expected_z), _ = jax.lax.scan(
+        step, (zeros, zeros), (chunks(w_DxV), chunks(ref_w_DxV), valid)
+    )
+    kl = cross - ref_lse + lse
+    entropy = lse - expected_z
+    pred = jnp.clip(predictor_BxL, 0, predictor_BxL.shape[1] - 1)
+    return jnp.take_along_axis(kl, pred, axis=1), jnp.take_along_axis(entropy, pred, axis=1)

@@ -221,8 +221,15 @@ def nft_group_accuracy(labels: ArrayLike, valid: ArrayLike) -> Array:
 
 
 def _straight_through_min(x: Array, floor: float) -> Array:
-    """``max(x, floor)`` in value, identity in gradient."""
-    return x + _sg(jnp.maximum(x, floor) - x)
+    """``max(x, floor)`` in value, identity in gradient.
+
+    Written ``sg(max(x, floor)) + (x - sg(x))``: the forward value is exactly ``max(x, floor)``
+    because ``x - sg(x)`` is exactly 0. The reference's ``x + sg(max(x, floor) - x)`` rounds
+    ``floor - x`` to the float32 grid of ``x`` and then adds ``x`` back, so for large negative
+    ``x`` the result is not ``floor`` (at ``floor = 0.1``, ``x = -3e6`` it gives 0.125,
+    ``-log`` 2.079 instead of 2.303).
+    """
+    return _sg(jnp.maximum(x, floor)) + (x - _sg(x))
 
 
 def nft(

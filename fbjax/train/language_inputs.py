@@ -10,6 +10,7 @@ step is shared with every other objective) and return the named arrays the losse
 * :func:`scoped_pairs` - C3PO: each slot with the slot after it (its DPO partner) and ``scope``.
 * :func:`sami_matrix` - SAMI: ``inputs.listwise(n * n)`` reshaped to ``[G, n, n]``.
 * :func:`signed_tokens` - token-level rewards carried as signed loss-mask weights.
+* :func:`token_distributions` - ALT: per-token log-probs, KL(ref || policy) and entropy.
 
 The bindings pair each loss with its layout, as ``fbjax.train.presets`` does for the other
 families; ``fbjax.train.catalog`` lists them with the other objectives.
@@ -95,7 +96,8 @@ def scoped_pairs(stats: SequenceStats) -> tuple[dict[str, Array], Array]:
 
 def sami_matrix(num_constitutions: int):
     """SAMI: groups of ``n * n`` slots (``fbjax.data.language.sami_groups``) as the
-    ``[G, n, n]`` matrix ``logp_matrix[g, i, j] = log p(y_j | x, c_i)`` and its ``valid``."""
+    ``[G, n, n]`` matrix ``logp_matrix[g, i, j] = log p(y_j | x, c_i)`` (summed), its token
+    counts ``lengths`` and ``valid``."""
     n = num_constitutions
     grouped = inputs.listwise(n * n)
 
@@ -103,6 +105,7 @@ def sami_matrix(num_constitutions: int):
         arrays, weights = grouped(stats)
         square = {
             "logp_matrix": arrays["policy_logps"].reshape(-1, n, n),
+            "lengths": arrays["lengths"].reshape(-1, n, n),
             "valid": arrays["valid"].reshape(-1, n, n),
         }
         return square, weights
@@ -117,6 +120,22 @@ def signed_tokens(stats: SequenceStats) -> tuple[dict[str, Array], Array]:
     ``sum |w|`` so the batch loss is a mean over weighted tokens."""
     arrays = {"policy_token_logps": stats.token_logps, "token_weights": stats.token_mask}
     return arrays, jnp.sum(jnp.abs(stats.token_mask), axis=-1)
+
+
+def token_distributions(stats: SequenceStats) -> tuple[dict[str, Array], Array]:
+    """ALT: per-token log-probs with the full-vocabulary ``token_kl`` and ``token_entropy`` the
+    step computes for objectives with ``reads_distributions``; one example per row, weighted by
+    its token count so the batch loss is a mean over all completion tokens."""
+    if stats.token_kl is None or stats.token_entropy is None:
+        raise ValueError("token_distributions needs the step's token_kl / token_entropy "
+                         "(Objective(reads_distributions=True))")
+    arrays = {
+        "policy_token_logps": stats.token_logps,
+        "token_kl": stats.token_kl,
+        "token_entropy": stats.token_entropy,
+        "token_mask": stats.token_mask,
+    }
+    return arrays, jnp.sum(stats.token_mask, axis=-1)
 
 
 # ----------------------------------------------------------------------------- bindings
@@ -150,8 +169,15 @@ conditional_training = _likelihood(
 )
 feedback_conditioned = _likelihood(
     "feedback_conditioned",
-    "ALT / FCP: likelihood of completions conditioned on the feedback they received.",
+    "FCP (and ALT without its KL and entropy terms): likelihood of completions conditioned on "
+    "the feedback they received.",
 )
+
+
+def alt(**hparams) -> Objective:
+    """ALT: feedback-conditioned likelihood + KL(ref || policy) - entropy, per token."""
+    return Objective(loss=language.alt, inputs=token_distributions, hparams=hparams,
+                     reads_distributions=True)
 ilf = _likelihood("ilf", "ILF: likelihood of the selected refinements given the input.")
 
 

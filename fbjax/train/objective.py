@@ -42,6 +42,10 @@ class SequenceStats:
     fields: Mapping[str, Array]  # other slot-level batch fields, flattened to [N]
     # [N] scalar-head rewards at each completion's last token; None for models without a head.
     rewards: Array | None = None
+    # [B, L] full-vocabulary KL(ref || policy) and policy entropy of each token's predicting
+    # distribution; computed only for objectives with ``reads_distributions`` (ALT).
+    token_kl: Array | None = None
+    token_entropy: Array | None = None
 
 
 jax.tree_util.register_dataclass(
@@ -79,6 +83,9 @@ class Objective:
     # The step computes reference log-probs for losses with ``ref_*`` arguments. Set this when a
     # loss reads them under another name: NFT's ``old_*`` rollout policy is the step's reference.
     reads_reference: bool = False
+    # The step computes per-token full-vocabulary KL(ref || policy) and entropy (an extra
+    # reference forward) for losses that need whole distributions, not only token log-probs.
+    reads_distributions: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "hparams", MappingProxyType(dict(self.hparams)))
@@ -100,6 +107,12 @@ class Objective:
 
     @property
     def needs_reference(self) -> bool:
+        """Whether the run keeps reference parameters (for log-probs or distributions)."""
+        return self.needs_reference_logps or self.reads_distributions
+
+    @property
+    def needs_reference_logps(self) -> bool:
+        """Whether the step computes reference log-probs of the scored tokens."""
         return self.reads_reference or any(
             n.startswith("ref_") for n in _positional_names(self.loss)
         )

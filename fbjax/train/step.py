@@ -80,6 +80,7 @@ def sequence_stats(
     *,
     need_reference: bool,
     chunk_size: int,
+    need_distributions: bool = False,
 ) -> SequenceStats:
     """Per-token and per-completion statistics of a batch (docs/batch_layout.md)."""
     mask = batch["loss_mask"].astype(jnp.float32)
@@ -111,6 +112,14 @@ def sequence_stats(
         for k, v in batch.items()
         if k not in TOKEN_KEYS and k not in _STEP_SLOT_KEYS
     }
+    token_kl = token_entropy = None
+    if need_distributions:  # ALT: whole next-token distributions, not only the scored token
+        ref_hidden = jax.lax.stop_gradient(hidden_states(model, ref_params, batch))
+        token_kl, token_entropy = logprobs.token_kl_and_entropy(
+            hidden, output_projection(params, model.config),
+            ref_hidden, jax.lax.stop_gradient(output_projection(ref_params, model.config)),
+            batch["predictor"], chunk_size=chunk_size,
+        )
     return SequenceStats(
         logps=seq,
         lengths=lengths.reshape(-1),
@@ -121,6 +130,8 @@ def sequence_stats(
         ref_token_logps=ref_tok,
         fields=fields,
         rewards=rewards,
+        token_kl=token_kl,
+        token_entropy=token_entropy,
     )
 
 
@@ -161,11 +172,12 @@ def train_step(
             "LM head (ModelConfig.reward_head=True, untied embeddings)"
         )
     rng = jax.random.fold_in(state.rng, state.step)
-    need_ref = objective.needs_reference
+    need_ref = objective.needs_reference_logps
 
     def loss_fn(params, micro, obj_state, micro_rng):
         stats = sequence_stats(
-            model, params, state.ref_params, micro, need_reference=need_ref, chunk_size=chunk_size
+            model, params, state.ref_params, micro, need_reference=need_ref, chunk_size=chunk_size,
+            need_distributions=objective.reads_distributions,
         )
         loss_sum, count, metric_sums, new_obj_state = apply_objective(
             objective, stats, obj_state, micro_rng

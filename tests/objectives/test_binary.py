@@ -251,3 +251,35 @@ def test_pmpo_gradients_follow_feedback():
     # Negatives only: the rejected completion is pushed down, the KL term pulls all samples up.
     g = jax.jit(jax.grad(total), static_argnums=2)(a(-2.0, -4.0), a(1, 0), 0.0)
     np.testing.assert_allclose(g, [-0.1, 1.0 - 0.1], rtol=1e-6)
+
+
+def test_pmpo_batch_mean_against_the_papers_objective_by_hand():
+    # -J = -alpha E_a[l] + (1 - alpha) E_r[l] + beta E[ref - l], expectations per class, the KL
+    # estimate over all (reference) samples.
+    alpha, beta = 0.6, 0.2
+    pol = a(-2.0, -4.0, -1.0, -5.0)
+    ref = a(-3.0, -3.0, -2.0, -4.0)
+    labels = a(1, 0, 1, 0)  # p = 1/2
+    # E_a[l] = (-2 - 1) / 2 = -1.5, E_r[l] = (-4 - 5) / 2 = -4.5, kl = ref - pol =
+    # [-1, 1, -1, 1], mean 0.
+    minus_j = -alpha * (-1.5) + (1 - alpha) * (-4.5) + beta * 0.0  # = 0.9 - 1.8 = -0.9
+    assert minus_j == pytest.approx(-0.9)
+    # The plain batch mean at p = 1/2 halves the class terms but not the KL term: with beta/2
+    # it is exactly -J / 2 ...
+    loss, _ = J.pmpo(pol, ref, labels, alpha=alpha, beta=beta / 2)
+    np.testing.assert_allclose(float(jnp.mean(loss)), minus_j / 2, rtol=1e-6)
+    # ... and with beta it is not, once the KL estimate is non-zero.
+    ref2 = a(-2.0, -2.0, -2.0, -2.0)  # kl = ref2 - pol = [0, 2, -1, 3], mean 1
+    minus_j2 = -alpha * (-1.5) + (1 - alpha) * (-4.5) + beta * 1.0  # = -0.7
+    full, _ = J.pmpo(pol, ref2, labels, alpha=alpha, beta=beta)
+    half, _ = J.pmpo(pol, ref2, labels, alpha=alpha, beta=beta / 2)
+    np.testing.assert_allclose(float(jnp.mean(half)), minus_j2 / 2, rtol=1e-6)
+    np.testing.assert_allclose(float(jnp.mean(full)), (minus_j2 + beta * 1.0) / 2, rtol=1e-6)
+    # A 3:1 mix (p = 3/4): the class-mean hyperparameters of the docstring give c * (-J).
+    labels3 = a(1, 1, 1, 0)
+    e_a, e_r, kl = (-2.0 - 4.0 - 1.0) / 3, -5.0, (0 + 2 - 1 + 3) / 4
+    minus_j3 = -alpha * e_a + (1 - alpha) * e_r + beta * kl
+    p = 0.75
+    c = 1.0 / (alpha / p + (1 - alpha) / (1 - p))
+    loss3, _ = J.pmpo(pol, ref2, labels3, alpha=c * alpha / p, beta=c * beta)
+    np.testing.assert_allclose(float(jnp.mean(loss3)), c * minus_j3, rtol=1e-6)

@@ -229,3 +229,20 @@ def test_nft_masking_invariance_and_checks():
         negative.nft(*args, negative_clip=0.0)
     with pytest.raises(ValueError):
         negative.nft(*args, normalize=3)
+
+
+def test_nft_negative_clamp_is_exact_for_large_negative_proxy():
+    # r = 0.98 (cap) and log-ratio 10 (cap): proxy = (1 - 0.98 e^10) / 0.02 ~ -1.08e6, where the
+    # float32 grid step is 0.125. The clamp at eps = 0.1 must give -log 0.1 = 2.302585 exactly;
+    # the reference's x + sg(max(x, eps) - x) rounds to 0.125 (-log = 2.079).
+    pol, old = a(10.0)[None], a(0.0)[None]
+    loss, _ = J.nft(pol, old, jnp.ones((1, 1)), a(0), a(0.98), negative_clip=0.1, normalize=0,
+                    token_normalizer=1.0)
+    np.testing.assert_allclose(loss, [-math.log(0.1)], rtol=1e-6)
+    np.testing.assert_allclose(loss, [2.302585], rtol=1e-6)
+    # The gradient still passes straight through: -d/dx log(x) at the clamp = -(dx/dpol) / 0.1,
+    # with dx/dpol = -r R / (1 - r) (log-ratio 9, below the cap).
+    g = jax.grad(lambda x: jnp.sum(negative.nft(x, old, jnp.ones((1, 1)), a(0), a(0.98),
+                                                negative_clip=0.1, normalize=0,
+                                                token_normalizer=1.0)[0]))(pol - 1.0)
+    np.testing.assert_allclose(g, [[0.98 * math.exp(9.0) / 0.02 / 0.1]], rtol=1e-5)
