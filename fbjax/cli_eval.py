@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from fbjax.train.config import LOGPROB_CHUNK
+
 CHECKPOINTS = "checkpoints"
 HELD_OUT_SEED_OFFSET = 1_000_003  # the eval prompts' stream, apart from any training seed
 
@@ -51,8 +53,9 @@ HELD_OUT_SEED_OFFSET = 1_000_003  # the eval prompts' stream, apart from any tra
 
 def checkpoint_root(workdir: str | os.PathLike, stage: str | None = None) -> str:
     """The Orbax root of a run's checkpoints: ``<workdir>/<stage>/checkpoints`` with ``stage``,
-    else ``<workdir>/checkpoints`` (single-stage runs). A workdir with stages but no ``stage``
-    is an error listing them. This is the only place that knows the workdir layout."""
+    else the run's last training stage (``fbjax.models.checkpoints.run_checkpoint_root``)."""
+    from fbjax.models.checkpoints import run_checkpoint_root
+
     workdir = os.path.abspath(os.fspath(workdir))
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"workdir not found: {workdir}")
@@ -62,26 +65,31 @@ def checkpoint_root(workdir: str | os.PathLike, stage: str | None = None) -> str
             raise FileNotFoundError(f"{workdir}: stage {stage!r} has no {CHECKPOINTS}/ "
                                     f"(stages with checkpoints: {', '.join(_stages(workdir)) or 'none'})")
         return root
-    root = os.path.join(workdir, CHECKPOINTS)
-    if os.path.isdir(root):
-        return root
-    stages = _stages(workdir)
-    if stages:
-        raise ValueError(f"{workdir} holds several stages; pass --stage (one of: "
-                         f"{', '.join(stages)})")
-    raise FileNotFoundError(f"{workdir} has no {CHECKPOINTS}/ and no stage directories with one")
+    root = run_checkpoint_root(workdir)
+    if root is None:
+        raise FileNotFoundError(f"{workdir} has no {CHECKPOINTS}/ and no stage directories "
+                                "with one")
+    return root
+
+
+def _run_config(workdir: str | os.PathLike) -> dict[str, Any]:
+    """The run's resolved experiment config (``<workdir>/config.json``), or {}."""
+    try:
+        with open(os.path.join(os.fspath(workdir), "config.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 def _workdir_tokenizer(workdir: str | os.PathLike, root: str) -> Any:
     """The run's tokenizer when it is not next to the stage's checkpoints: the workdir's."""
-    from fbjax import tokenizer as tok
-    from fbjax.hf_tokenizer import TOKENIZER_FILE
+    from fbjax.tokenizers import load_tokenizer
 
-    workdir = os.path.abspath(os.fspath(workdir))
-    if any(os.path.isfile(os.path.join(workdir, n)) for n in (tok.SENTENCEPIECE_FILE,
-                                                               TOKENIZER_FILE)):
-        return tok.load_tokenizer(workdir)
-    raise ValueError(f"{root}: no tokenizer saved next to the checkpoints or in {workdir}")
+    try:
+        return load_tokenizer(os.path.abspath(os.fspath(workdir)))
+    except FileNotFoundError:
+        raise ValueError(f"{root}: no tokenizer saved next to the checkpoints or in "
+                         f"{workdir}") from None
 
 
 def _stages(workdir: str) -> list[str]:
@@ -125,12 +133,14 @@ def read_data(path: str) -> EvalData:
 
 
 def sim_task(config: Mapping[str, Any] | None) -> Any:
-    """The simulator task named in a saved run config (``data.task`` as ``to_jsonable`` wrote
-    it), or None when the run's data are not the simulator's."""
+    """The simulator task named in a saved run config (its ``task``, or ``data.task``, as
+    ``to_jsonable`` wrote it), or None when the run's data are not the simulator's."""
     from fbjax import sim
 
-    data = (config or {}).get("data")
-    task = data.get("task") if isinstance(data, Mapping) else None
+    config = config or {}
+    task = config.get("task")
+    if task is None and isinstance(config.get("data"), Mapping):
+        task = config["data"].get("task")
     if not isinstance(task, Mapping) or task.get("name") not in sim.TASKS:
         return None
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in task.items() if k != "name"}
@@ -172,7 +182,11 @@ def _summary(values: np.ndarray) -> dict[str, float]:
             else 0.0, "n": float(values.size)}
 
 
-def _load_reference(root: str, settings: EvalSettings, skipped: dict[str, str]):
+def _load_reference(root: str, settings: EvalSettings, skipped: dict[str, str], *,
+                    start: str | None = None, workdir: str | os.PathLike = ""):
+    """The reference: ``--reference``, else the checkpoint's saved reference parameters, else
+    the final parameters of the stage the trained one started from (a staged run that cached
+    its reference log-probs saves no reference parameters)."""
     from fbjax import analysis
 
     if settings.reference is not None:
@@ -188,6 +202,9 @@ def _load_reference(root: str, settings: EvalSettings, skipped: dict[str, str]):
         ref = analysis.load_policy(root, settings.step, reference=True)
         return ref, f"{root} ref_params"
     except ValueError as e:
+        start_root = os.path.join(os.fspath(workdir), start or "", CHECKPOINTS)
+        if start and os.path.isdir(start_root):
+            return analysis.load_policy(start_root), f"{start_root} (the stage's start)"
         skipped["reference"] = (f"{e}; pass --reference or --reference-step for KL, "
                                 "implicit rewards and a reference baseline")
         return None, None
@@ -221,17 +238,20 @@ def evaluate_run(
     if policy.tokenizer is None:
         policy = dataclasses.replace(policy, tokenizer=_workdir_tokenizer(workdir, root))
     config = policy.config or {}
-    chunk = int((config.get("train") or {}).get("logprob_chunk", 8192))
+    stage_config = config.get("stage") or config  # a staged run saves its stage's config
+    chunk = int((stage_config.get("train") or {}).get("logprob_chunk", LOGPROB_CHUNK))
     beta = settings.beta
     if beta is None:
-        beta = float(((config.get("objective") or {}).get("hparams") or {}).get("beta", 1.0))
+        hparams = (stage_config.get("objective") or {}).get("hparams") or {}
+        beta = float(hparams.get("beta", 1.0))
     if data is None:
-        task = sim_task(config)
+        task = sim_task(config) or sim_task(_run_config(workdir))
         if task is None:
             raise ValueError(f"{root}: the run's data are not the simulator's; pass --data "
                              "FILE.jsonl with prompts (and chosen/rejected pairs)")
         data = sim_data(task, settings.num_prompts, settings.seed)
-    ref, ref_source = _load_reference(root, settings, skipped)
+    ref, ref_source = _load_reference(root, settings, skipped,
+                                      start=stage_config.get("start"), workdir=workdir)
     if ref is not None and ref.model_config != policy.model_config:
         raise ValueError(f"reference {ref_source} has a different model config from the "
                          f"policy {root}; log-prob differences between them are not KLs")
