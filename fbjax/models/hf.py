@@ -507,7 +507,9 @@ def _config_to_hf(config: ModelConfig) -> dict[str, Any]:
     if family is Family.LLAMA:
         hf["mlp_bias"] = config.mlp_bias
     if family in (Family.GEMMA2, Family.GEMMA3):
-        hf.update(query_pre_attn_scalar=config.query_scale,
+        q = config.query_scale
+        # transformers' strict config types this field int.
+        hf.update(query_pre_attn_scalar=int(q) if float(q).is_integer() else q,
                   attn_logit_softcapping=config.attn_logit_softcap,
                   final_logit_softcapping=config.final_logit_softcap)
     if family in (Family.MISTRAL, Family.PHI3, Family.QWEN2, Family.QWEN3, Family.GEMMA2,

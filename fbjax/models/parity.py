@@ -18,12 +18,17 @@ from fbjax.models.config import ModelConfig
 
 
 def _forward(config: ModelConfig, params: Any, ids, positions, segments) -> np.ndarray:
+    import jax
+
     from fbjax.models.decoder import Decoder, logits
 
-    hidden, _ = Decoder(config).apply(
-        {"params": params}, np.asarray(ids, np.int32), np.asarray(positions, np.int32),
-        np.asarray(segments, np.int32))
-    return np.asarray(logits(params, config, hidden))
+    @jax.jit  # compiling once is faster than running the tiny model op by op
+    def run(params, ids, positions, segments):
+        hidden, _ = Decoder(config).apply({"params": params}, ids, positions, segments)
+        return logits(params, config, hidden)
+
+    return np.asarray(run(params, np.asarray(ids, np.int32), np.asarray(positions, np.int32),
+                          np.asarray(segments, np.int32)))
 
 
 def layout_diffs(config: ModelConfig, params: Any, ids: np.ndarray, mask: np.ndarray,
@@ -38,42 +43,42 @@ def layout_diffs(config: ModelConfig, params: Any, ids: np.ndarray, mask: np.nda
     n, length = ids.shape
     seqs = [ids[i, :lengths[i]] for i in range(n)]
     refs = [reference[i, :lengths[i]] for i in range(n)]
-    out: dict[str, float] = {}
 
-    full = _forward(config, params, ids[:1, :lengths[0]], np.arange(lengths[0])[None],
-                    np.ones((1, lengths[0])))
-    out["full"] = float(np.abs(full[0] - refs[0]).max())
+    # All layouts go through one forward as rows of one batch (rows never see each other):
+    # row 0 the first sequence alone, then the right-padded rows, the left-padded rows, and the
+    # packed row.
+    rows_ids, rows_pos, rows_seg = [], [], []
 
-    positions = np.broadcast_to(np.arange(length), ids.shape)
-    right = _forward(config, params, ids, positions * mask, mask)
-    out["right_pad"] = max(float(np.abs(right[i, :lengths[i]] - refs[i]).max()) for i in range(n))
+    def add(tokens, positions, segments):
+        pad = length - len(tokens)
+        rows_ids.append(list(tokens) + [0] * pad)
+        rows_pos.append(list(positions) + [0] * pad)
+        rows_seg.append(list(segments) + [0] * pad)
 
-    left_ids = np.zeros_like(ids)
-    left_mask = np.zeros_like(mask)
-    for i, s in enumerate(seqs):
-        left_ids[i, length - len(s):] = s
-        left_mask[i, length - len(s):] = 1
-    left_pos = np.maximum(np.cumsum(left_mask, axis=1) - 1, 0)
-    left = _forward(config, params, left_ids, left_pos, left_mask)
-    out["left_pad"] = max(float(np.abs(left[i, length - len(s):] - refs[i]).max())
-                          for i, s in enumerate(seqs))
+    add(seqs[0], range(len(seqs[0])), [1] * len(seqs[0]))
+    for s in seqs:
+        add(s, range(len(s)), [1] * len(s))
+    for s in seqs:  # left padding: built right-padded, then rolled
+        add(s, range(len(s)), [1] * len(s))
+        shift = length - len(s)
+        for row in (rows_ids, rows_pos, rows_seg):
+            row[-1] = row[-1][len(s):] + row[-1][:len(s)] if shift else row[-1]
+    packed = [(t, p, i) for i, s in enumerate(seqs[1:], 1) for p, t in enumerate(s)]
+    if len(packed) > length:
+        raise ValueError(f"sequences 1.. ({len(packed)} tokens) do not fit one row of {length}")
+    add(*zip(*packed))
+    out = _forward(config, params, rows_ids, rows_pos, rows_seg)
 
-    packed_ids, packed_pos, packed_seg = [], [], []
-    for i, s in enumerate(seqs[1:], start=1):
-        packed_ids += list(s)
-        packed_pos += list(range(len(s)))
-        packed_seg += [i] * len(s)
-    if len(packed_ids) > length:
-        raise ValueError(f"sequences 1.. ({len(packed_ids)} tokens) do not fit one row of {length}")
-    pad = length - len(packed_ids)
-    packed = _forward(config, params, [packed_ids + [0] * pad], [packed_pos + [0] * pad],
-                      [packed_seg + [0] * pad])[0]
-    start, diffs = 0, []
-    for s, ref in zip(seqs[1:], refs[1:]):
-        diffs.append(float(np.abs(packed[start:start + len(s)] - ref).max()))
-        start += len(s)
-    out["packed"] = max(diffs)
-    return out
+    def diff(row, start, i):
+        return float(np.abs(out[row, start:start + lengths[i]] - refs[i]).max())
+
+    packed_starts = np.cumsum([0] + [len(s) for s in seqs[1:]])
+    return {
+        "full": diff(0, 0, 0),
+        "right_pad": max(diff(1 + i, 0, i) for i in range(n)),
+        "left_pad": max(diff(1 + n + i, length - lengths[i], i) for i in range(n)),
+        "packed": max(diff(1 + 2 * n, int(packed_starts[i - 1]), i) for i in range(1, n)),
+    }
 
 
 def sampler_matches_recompute(config: ModelConfig, params: Any, prompts: list[list[int]],
@@ -88,12 +93,25 @@ def sampler_matches_recompute(config: ModelConfig, params: Any, prompts: list[li
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, prompt_bucket=4)
     out = generate(params, config, prompts, config=sampling, rng=jax.random.key(0))
     tokens, logps = np.asarray(out.tokens), np.asarray(out.logps)
+    from fbjax.models.decoder import Decoder, logits as project
+
+    # One compiled forward over a fixed-length row; right padding (segment 0) changes nothing.
+    total = max(len(p) for p in prompts) + max_new_tokens
+
+    @jax.jit
+    def last_logits(ids, positions, segments, last):
+        hidden, _ = Decoder(config).apply({"params": params}, ids, positions, segments)
+        return project(params, config, hidden[0, last])
+
     same, worst = True, 0.0
     for row, prompt in enumerate(prompts):
         seq = list(prompt)
         for step in range(max_new_tokens):
             n = len(seq)
-            logits = _forward(config, params, [seq], [list(range(n))], [[1] * n])[0, -1]
+            pad = [0] * (total - n)
+            logits = np.asarray(last_logits(
+                np.asarray([seq + pad], np.int32), np.asarray([list(range(n)) + pad], np.int32),
+                np.asarray([[1] * n + pad], np.int32), n - 1))
             logp = logits - np.log(np.sum(np.exp(logits - logits.max()))) - logits.max()
             token = int(np.argmax(logits))
             same &= token == int(tokens[row, step])
