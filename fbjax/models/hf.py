@@ -815,10 +815,8 @@ def _read_config(hf_dir: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def read_safetensors(hf_dir: str) -> dict[str, np.ndarray]:
-    """All tensors of a checkpoint directory, single-file or sharded (memory-mapped)."""
-    from safetensors.numpy import load_file
-
+def _weight_files(hf_dir: str) -> list[str]:
+    """Paths of the safetensors files of a checkpoint directory (single-file or sharded)."""
     single = os.path.join(hf_dir, SAFETENSORS_FILE)
     index = os.path.join(hf_dir, SAFETENSORS_INDEX_FILE)
     if os.path.isfile(index):
@@ -833,26 +831,21 @@ def read_safetensors(hf_dir: str) -> dict[str, np.ndarray]:
         raise FileNotFoundError(
             f"no safetensors weights in {hf_dir}: expected {single} or {index}{hint}"
         )
-    tensors: dict[str, np.ndarray] = {}
-    for name in files:
-        path = os.path.join(hf_dir, name)
+    paths = [os.path.join(hf_dir, name) for name in files]
+    for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint shard listed in {index} not found: {path}")
+    return paths
+
+
+def read_safetensors(hf_dir: str) -> dict[str, np.ndarray]:
+    """All tensors of a checkpoint directory, single-file or sharded (memory-mapped)."""
+    from safetensors.numpy import load_file
+
+    tensors: dict[str, np.ndarray] = {}
+    for path in _weight_files(hf_dir):
         tensors.update(load_file(path))
     return tensors
-
-
-def _canonical_names(tensors: dict[str, np.ndarray], family: Family) -> dict[str, np.ndarray]:
-    """Add the ``model.``/``transformer.`` prefix that bare-backbone checkpoints lack.
-
-    The original GPT-2 release, for instance, names its tensors ``h.0.attn...`` without the
-    ``transformer.`` prefix that ``GPT2LMHeadModel`` uses.
-    """
-    prefix = {Family.GPT2: "transformer.", Family.GPT_NEOX: "gpt_neox."}.get(family, "model.")
-    return {
-        k if k.startswith((prefix, "lm_head.", "embed_out.", "score.")) else prefix + k: v
-        for k, v in tensors.items()
-    }
 
 
 def params_from_hf(
@@ -860,38 +853,92 @@ def params_from_hf(
     source: str = "checkpoint",
 ) -> dict[str, Any]:
     """HF tensors -> our nested (unboxed) param dict, checking names and shapes."""
-    tensors = _canonical_names(dict(tensors), config.family)
+    target = np.dtype(dtype)
+    flat = _convert(config, dict(tensors).items(), lambda path, a: a.astype(target, copy=False),
+                    source)
+    return unflatten(flat)
+
+
+def _convert(config: ModelConfig, items, place: Callable[[str, np.ndarray], Any],
+             source: str) -> dict[str, Any]:
+    """Map ``(hf_name, array)`` pairs, consumed one at a time, to ``{path: place(path, ours)}``,
+    checking every name and shape. Only the tensor in hand is held as a host array."""
+    prefix = {Family.GPT2: "transformer.", Family.GPT_NEOX: "gpt_neox."}.get(config.family, "model.")
     shapes = expected_shapes(config)
-    flat: dict[str, np.ndarray] = {}
-    missing = []
-    for rule in _rules(config):
-        if rule.hf_name not in tensors:
-            missing.append(rule.hf_name)
+    rules = {rule.hf_name: rule for rule in _rules(config)}
+    flat: dict[str, Any] = {}
+    unused = []
+    for name, array in items:
+        if not name.startswith((prefix, "lm_head.", "embed_out.", "score.")):
+            name = prefix + name  # bare-backbone checkpoints (e.g. the original GPT-2 release)
+        rule = rules.pop(name, None)
+        if rule is None:
+            tied_copy = name == "lm_head.weight" and (config.tie_embeddings or config.reward_head)
+            if not tied_copy and not _IGNORED_KEYS.search(name):
+                unused.append(name)
             continue
-        array = np.asarray(tensors.pop(rule.hf_name))
+        array = np.asarray(array)
         want = rule.hf_shape or shapes[rule.paths[0]]
         if array.shape != tuple(want):
             raise CheckpointError(
-                f"{source}: tensor {rule.hf_name} has shape {array.shape} but its config.json "
+                f"{source}: tensor {name} has shape {array.shape} but its config.json "
                 f"implies {tuple(want)}"
             )
-        flat.update(rule.to_ours(array))
-    if missing:
+        for path, value in rule.to_ours(array).items():
+            flat[path] = place(path, value)
+    if rules:
+        missing = sorted(rules)
         raise CheckpointError(f"{source}: missing tensors {missing[:8]}"
                               f"{' ...' if len(missing) > 8 else ''} for {config.family.value}")
-    # A tied checkpoint may still carry lm_head.weight (a copy of the embedding): drop it.
-    if config.tie_embeddings or config.reward_head:
-        tensors.pop("lm_head.weight", None)
-    unused = sorted(k for k in tensors if not _IGNORED_KEYS.search(k))
     if unused:
+        unused.sort()
         raise CheckpointError(
             f"{source}: unexpected tensors {unused[:8]}{' ...' if len(unused) > 8 else ''}; "
             "the config does not describe this checkpoint"
         )
     # Every rule's output shape follows from its hf_shape; this guards the rules themselves.
-    assert {k: v.shape for k, v in flat.items()} == shapes, "HF mapping rules out of sync"
+    assert {k: tuple(v.shape) for k, v in flat.items()} == shapes, "HF mapping rules out of sync"
+    return flat
+
+
+def _iter_safetensors(hf_dir: str):
+    """``(name, array)`` of a checkpoint directory, one shard open at a time, one tensor read
+    at a time (safetensors' lazy ``safe_open``)."""
+    from safetensors import safe_open
+
+    for path in _weight_files(hf_dir):
+        with safe_open(path, framework="numpy") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+def load_hf_sharded(hf_dir: str, *, mesh, rules, dtype: str = "float32"
+                    ) -> tuple[ModelConfig, dict[str, Any]]:
+    """Like :func:`load_hf`, but streaming: tensors are read one at a time and each is placed
+    on ``mesh`` with the sharding its logical axes get under ``rules``
+    (``jax.make_array_from_callback``, so every device receives only its slice), then
+    dropped from host memory. Peak host memory is about one tensor beyond what the devices
+    hold, instead of the whole checkpoint.
+    """
+    import flax.linen as nn
+    import jax
+
+    from fbjax.models.decoder import Decoder
+
+    hf_dir = os.fspath(hf_dir)
+    config = config_from_hf(_read_config(hf_dir), source=os.path.join(hf_dir, CONFIG_FILE))
+    config = dataclasses.replace(config, param_dtype=np.dtype(dtype).name)
+    ones = np.ones((1, 1), np.int32)
+    boxed = jax.eval_shape(Decoder(config).init, jax.random.key(0), ones, ones * 0, ones)
+    specs = nn.get_partition_spec(boxed)["params"]
+    shardings = flatten(nn.logical_to_mesh_sharding(specs, mesh, rules))
     target = np.dtype(dtype)
-    return unflatten({k: flat[k].astype(target, copy=False) for k in shapes})
+
+    def place(path, value):
+        value = value.astype(target, copy=False)
+        return jax.make_array_from_callback(value.shape, shardings[path], lambda idx: value[idx])
+
+    return config, unflatten(_convert(config, _iter_safetensors(hf_dir), place, hf_dir))
 
 
 def params_to_hf(config: ModelConfig, params: Any) -> dict[str, np.ndarray]:
