@@ -53,8 +53,30 @@ def write_checkpoint(out: str, gb: float, shards: int) -> int:
     shapes = hf.expected_shapes(config)
     params = hf.unflatten({k: rng.standard_normal(s, dtype=np.float32) * 0.02
                            for k, s in shapes.items()})
-    total = sum(int(np.prod(s)) * 4 for s in shapes.values())
-    hf.save_hf(out, config, params, max_shard_size=-(-total // shards))
+    tensors = hf.params_to_hf(config, params)
+    del params
+    total = sum(a.nbytes for a in tensors.values())
+    # Exactly ``shards`` files of about equal size (whole tensors, in name order), with the index
+    # transformers writes.
+    import json
+
+    from safetensors.numpy import save_file
+
+    names = sorted(tensors)
+    groups: list[list[str]] = [[] for _ in range(shards)]
+    done = 0
+    for name in names:
+        groups[min(shards - 1, int(done * shards / total))].append(name)
+        done += tensors[name].nbytes
+    weight_map = {}
+    for i, group in enumerate(groups):
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({n: tensors[n] for n in group}, os.path.join(out, file), metadata={"format": "pt"})
+        weight_map.update({n: file for n in group})
+    with open(os.path.join(out, hf.SAFETENSORS_INDEX_FILE), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f)
+    with open(os.path.join(out, hf.CONFIG_FILE), "w") as f:
+        json.dump(hf.config_to_hf(config), f)
     return total
 
 
@@ -64,7 +86,10 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--dir", default="/tmp/fbjax_rss_ckpt")
     args = parser.parse_args()
-    os.makedirs(args.dir, exist_ok=True)
+    import shutil
+
+    shutil.rmtree(args.dir, ignore_errors=True)
+    os.makedirs(args.dir)
     size = write_checkpoint(args.dir, args.gb, args.shards)
     shard_files = [f for f in os.listdir(args.dir) if f.endswith(".safetensors")]
     largest = max(os.path.getsize(os.path.join(args.dir, f)) for f in shard_files)

@@ -1,12 +1,17 @@
 """Import and export of Hugging Face checkpoints, without torch.
 
 A Hugging Face checkpoint directory holds ``config.json`` and either ``model.safetensors`` or
-shards listed in ``model.safetensors.index.json``. We read both with ``safetensors.numpy`` and map
-them onto the fbjax parameter tree (``fbjax.models.decoder``), and write the reverse so that
-``transformers.AutoModelForCausalLM.from_pretrained`` loads what we save.
+shards listed in ``model.safetensors.index.json``. We read both with safetensors' numpy API and
+map them onto the fbjax parameter tree (``fbjax.models.decoder``), and write the reverse so that
+``transformers.AutoModelForCausalLM.from_pretrained`` loads what we save. ``load_hf`` reads the
+whole checkpoint into host memory; ``load_hf_sharded`` streams it tensor by tensor onto a mesh.
 
-Supported ``model_type`` values: llama, mistral, qwen2, gemma (v1) and gpt2. The mapping is exact
-(transposes and reshapes only), so a load followed by a save reproduces the tensors bitwise.
+Supported ``model_type`` values: llama (with RoPE scaling llama3 / linear / dynamic / yarn),
+mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, gpt2, gpt_neox, phi3 and olmo2. The config
+mapping follows what transformers 5 reads (and the 4.x spellings it converts); a field whose
+value fbjax does not implement is refused by name. The weight mapping is exact (transposes,
+reshapes, splits and concatenations only), so a load followed by a save reproduces the tensors
+bitwise.
 
 Layout conventions:
 
@@ -14,8 +19,12 @@ Layout conventions:
   split out (``q`` is ``[D, H, hd]``, ``o`` is ``[H, hd, D]``).
 * GPT-2 uses ``Conv1D`` whose weights are already ``[in, out]``, and fuses q/k/v into one
   ``c_attn`` of shape ``[D, 3D]`` (q, k, v concatenated along the output axis).
+* GPT-NeoX fuses q/k/v into ``query_key_value`` with output rows grouped per head
+  (``[H, 3, hd]``); Phi-3 fuses ``qkv_proj`` (q | k | v) and ``gate_up_proj`` (gate | up).
 * Gemma stores RMSNorm weights as offsets from 1, exactly as our ``RMSNorm`` with
   ``norm_weight_offset=1`` does, so norm weights copy unchanged.
+* ``post_attention_layernorm`` is the MLP's pre-norm in Llama-style models but the attention
+  output's post-norm in Gemma 2/3 and OLMo 2 (``_norm_names``).
 """
 
 from __future__ import annotations
