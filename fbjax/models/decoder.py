@@ -29,7 +29,12 @@ import jax.numpy as jnp
 
 from fbjax.models.config import Activation, ModelConfig, Norm, Positions, QKNorm, RopeType
 from fbjax.models.rope import (
-    default_inv_freq, apply_rope, dynamic_inv_freq, segment_lengths, static_frequencies)
+    apply_rope,
+    default_inv_freq,
+    dynamic_inv_freq,
+    segment_lengths,
+    static_frequencies,
+)
 
 Array = jax.Array
 

@@ -40,7 +40,15 @@ import ml_dtypes  # noqa: F401  (registers bfloat16 & co. so np.dtype('bfloat16'
 import numpy as np
 
 from fbjax.models.config import (
-    Activation, Family, ModelConfig, Positions, QKNorm, RopeScaling, RopeType, preset)
+    Activation,
+    Family,
+    ModelConfig,
+    Positions,
+    QKNorm,
+    RopeScaling,
+    RopeType,
+    preset,
+)
 
 SUPPORTED_MODEL_TYPES = tuple(f.value for f in Family)
 

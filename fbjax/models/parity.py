@@ -93,7 +93,8 @@ def sampler_matches_recompute(config: ModelConfig, params: Any, prompts: list[li
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, prompt_bucket=4)
     out = generate(params, config, prompts, config=sampling, rng=jax.random.key(0))
     tokens, logps = np.asarray(out.tokens), np.asarray(out.logps)
-    from fbjax.models.decoder import Decoder, logits as project
+    from fbjax.models.decoder import Decoder
+    from fbjax.models.decoder import logits as project
 
     # One compiled forward over a fixed-length row; right padding (segment 0) changes nothing.
     total = max(len(p) for p in prompts) + max_new_tokens
