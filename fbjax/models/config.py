@@ -65,7 +65,8 @@ class RopeScaling:
     """RoPE frequency scaling, as transformers' ``rope_parameters`` / ``rope_scaling`` define it.
 
     ``factor``: the context extension factor (all types but default). ``original_max_len``: the
-    pre-training context (llama3 and yarn; None for the others). ``low_freq_factor`` /
+    pre-training context (llama3 and yarn); None means ``ModelConfig.max_seq_len``, as
+    transformers defaults ``original_max_position_embeddings`` to ``max_position_embeddings``. ``low_freq_factor`` /
     ``high_freq_factor``: llama3's band edges. ``beta_fast`` / ``beta_slow``, ``truncate``: yarn's
     correction range (its paper's Eq. 17-18 defaults 32 / 1). ``attention_factor``: yarn's cos/sin
     multiplier; None means the paper's ``0.1 ln(factor) + 1`` (Eq. 21).
@@ -92,9 +93,6 @@ class RopeScaling:
                 ) from None
         if self.kind is not RopeType.DEFAULT and self.factor <= 0:
             raise ValueError(f"model.rope_scaling.factor={self.factor} must be > 0")
-        if self.kind in (RopeType.LLAMA3, RopeType.YARN) and not self.original_max_len:
-            raise ValueError(
-                f"model.rope_scaling.original_max_len is required for kind={self.kind.value}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -276,7 +276,7 @@ def _layer_frequencies(cfg: ModelConfig, sliding: bool, positions: Array, meta):
     if scaling.kind is RopeType.DYNAMIC:
         return dynamic_inv_freq(cfg.rope_theta, dim, scaling.factor, cfg.max_seq_len,
                                 meta["seq_lengths"]), 1.0
-    return static_frequencies(cfg.rope_theta, dim, scaling)
+    return static_frequencies(cfg.rope_theta, dim, scaling, cfg.max_seq_len)
 
 
 class Mlp(nn.Module):

@@ -207,9 +207,11 @@ def _rope_scaling(spec: Mapping[str, Any], hf: Mapping[str, Any], source: str) -
     # A top-level original_max_position_embeddings overrides the nested one (standardize_rope_params).
     original = int(hf.get("original_max_position_embeddings")
                    or spec.get("original_max_position_embeddings") or max_len)
+    # None stands for "the model's context" (RopeScaling); keeps round trips canonical.
+    stored = None if original == max_len else original
     if rope_type is RopeType.LLAMA3:
         return RopeScaling(
-            kind=rope_type, factor=float(need("factor")), original_max_len=original,
+            kind=rope_type, factor=float(need("factor")), original_max_len=stored,
             low_freq_factor=float(need("low_freq_factor")),
             high_freq_factor=float(need("high_freq_factor")))
     factor = spec.get("factor")
@@ -221,7 +223,7 @@ def _rope_scaling(spec: Mapping[str, Any], hf: Mapping[str, Any], source: str) -
             return 0.1 * m * math.log(factor) + 1.0 if factor > 1 else 1.0
         attention = get_mscale(mscale) / get_mscale(mscale_all)
     return RopeScaling(
-        kind=rope_type, factor=factor, original_max_len=original,
+        kind=rope_type, factor=factor, original_max_len=stored,
         beta_fast=float(spec.get("beta_fast") or 32), beta_slow=float(spec.get("beta_slow") or 1),
         truncate=bool(spec.get("truncate", True)),
         attention_factor=None if attention is None else float(attention))
@@ -425,7 +427,7 @@ def _rope_to_hf(theta: float, scaling: RopeScaling, fraction: float) -> dict[str
         spec["partial_rotary_factor"] = fraction
     if scaling.kind is not RopeType.DEFAULT:
         spec["factor"] = scaling.factor
-    if scaling.kind in (RopeType.LLAMA3, RopeType.YARN):
+    if scaling.kind in (RopeType.LLAMA3, RopeType.YARN) and scaling.original_max_len:
         spec["original_max_position_embeddings"] = scaling.original_max_len
     if scaling.kind is RopeType.LLAMA3:
         spec.update(low_freq_factor=scaling.low_freq_factor,

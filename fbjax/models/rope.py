@@ -36,8 +36,8 @@ def default_inv_freq(theta: float, dim: int) -> np.ndarray:
     return (np.float32(1.0) / (np.float32(theta) ** exponents)).astype(np.float32)
 
 
-def _llama3_inv_freq(inv_freq: np.ndarray, s: RopeScaling) -> np.ndarray:
-    old_len = float(s.original_max_len)
+def _llama3_inv_freq(inv_freq: np.ndarray, s: RopeScaling, original: int) -> np.ndarray:
+    old_len = float(original)
     low_wavelen = old_len / s.low_freq_factor
     high_wavelen = old_len / s.high_freq_factor
     wavelen = np.float32(2 * math.pi) / inv_freq
@@ -48,14 +48,14 @@ def _llama3_inv_freq(inv_freq: np.ndarray, s: RopeScaling) -> np.ndarray:
     return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
-def _yarn(theta: float, dim: int, s: RopeScaling) -> tuple[np.ndarray, float]:
+def _yarn(theta: float, dim: int, s: RopeScaling, original: int) -> tuple[np.ndarray, float]:
     factor = s.factor
     attention = s.attention_factor
     if attention is None:
         attention = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
 
     def correction_dim(rotations):
-        return dim * math.log(s.original_max_len / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
 
     low, high = correction_dim(s.beta_fast), correction_dim(s.beta_slow)
     if s.truncate:
@@ -72,18 +72,26 @@ def _yarn(theta: float, dim: int, s: RopeScaling) -> tuple[np.ndarray, float]:
     return inv_freq.astype(np.float32), float(attention)
 
 
-def static_frequencies(theta: float, dim: int, scaling: RopeScaling) -> tuple[np.ndarray, float]:
-    """``(inv_freq [dim/2] float32, cos/sin multiplier)`` for every type but dynamic."""
+def static_frequencies(theta: float, dim: int, scaling: RopeScaling,
+                       max_len: int | None = None) -> tuple[np.ndarray, float]:
+    """``(inv_freq [dim/2] float32, cos/sin multiplier)`` for every type but dynamic.
+
+    ``max_len``: the model's context, standing in for ``scaling.original_max_len`` when that is
+    None (llama3 and yarn need one of them).
+    """
     inv_freq = default_inv_freq(theta, dim)
+    original = scaling.original_max_len or max_len
+    if scaling.kind in (RopeType.LLAMA3, RopeType.YARN) and not original:
+        raise ValueError(f"rope_scaling.kind={scaling.kind.value} needs original_max_len")
     kind = scaling.kind
     if kind is RopeType.DEFAULT or kind is RopeType.DYNAMIC:
         return inv_freq, 1.0
     if kind is RopeType.LINEAR:
         return (inv_freq / np.float32(scaling.factor)).astype(np.float32), 1.0
     if kind is RopeType.LLAMA3:
-        return _llama3_inv_freq(inv_freq, scaling), 1.0
+        return _llama3_inv_freq(inv_freq, scaling, original), 1.0
     if kind is RopeType.YARN:
-        return _yarn(theta, dim, scaling)
+        return _yarn(theta, dim, scaling, original)
     raise ValueError(f"rope type {kind!r} has no static frequencies")
 
 

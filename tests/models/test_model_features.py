@@ -69,8 +69,11 @@ def test_config_errors_name_the_field():
         mc.llama(sliding_window=4, sliding_layers=(True, False, True))
     with pytest.raises(ValueError, match="model.rope_scaling.kind='longrope' is not implemented"):
         RopeScaling(kind="longrope")
-    with pytest.raises(ValueError, match="original_max_len is required for kind=yarn"):
-        RopeScaling(kind="yarn", factor=2.0)
+    # original_max_len defaults to the model's context, as in transformers.
+    no_original = RopeScaling(kind="yarn", factor=4.0)
+    np.testing.assert_array_equal(
+        static_frequencies(1e4, 8, no_original, 64)[0],
+        static_frequencies(1e4, 8, RopeScaling(kind="yarn", factor=4.0, original_max_len=64))[0])
     with pytest.raises(ValueError, match="model.rope_fraction=0"):
         mc.gpt_neox(rope_fraction=0.0)
 
