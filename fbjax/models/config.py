@@ -1,7 +1,8 @@
 """Model configuration: one frozen dataclass covers the decoder families fbjax supports.
 
-The families differ in a handful of switches (norm type, MLP gating and activation, position
-encoding, biases, embedding tying and scaling). Each family preset below sets them the way the
+The families differ in a handful of switches (norm type and placement, MLP gating and activation,
+position encoding and its scaling, q/k norms, biases, residual wiring, soft-capping, per-layer
+sliding windows, embedding tying and scaling). Each family preset below sets them the way the
 corresponding Hugging Face implementation does, so imported checkpoints reproduce its logits.
 """
 
@@ -15,8 +16,14 @@ class Family(str, enum.Enum):
     LLAMA = "llama"
     MISTRAL = "mistral"
     QWEN2 = "qwen2"
+    QWEN3 = "qwen3"
     GEMMA = "gemma"
+    GEMMA2 = "gemma2"
+    GEMMA3 = "gemma3_text"
     GPT2 = "gpt2"
+    GPT_NEOX = "gpt_neox"
+    PHI3 = "phi3"
+    OLMO2 = "olmo2"
 
 
 class Norm(str, enum.Enum):
@@ -33,6 +40,59 @@ class Activation(str, enum.Enum):
 class Positions(str, enum.Enum):
     ROPE = "rope"
     LEARNED = "learned"
+
+
+class QKNorm(str, enum.Enum):
+    """RMSNorm of queries and keys before RoPE."""
+
+    NONE = "none"
+    HEAD = "head"  # over each head's head_dim (Qwen3, Gemma 3)
+    FULL = "full"  # over the whole q / k projection, all heads at once (OLMo 2)
+
+
+class RopeType(str, enum.Enum):
+    """How the RoPE inverse frequencies are computed (transformers' ``rope_type``)."""
+
+    DEFAULT = "default"
+    LINEAR = "linear"  # positions divided by ``factor`` (Chen et al. 2023, arXiv:2306.15595)
+    DYNAMIC = "dynamic"  # NTK-aware base growth with the sequence length (bloc97/emozilla)
+    LLAMA3 = "llama3"  # Llama 3.1's band-wise frequency scaling
+    YARN = "yarn"  # Peng et al. 2023, arXiv:2309.00071
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RopeScaling:
+    """RoPE frequency scaling, as transformers' ``rope_parameters`` / ``rope_scaling`` define it.
+
+    ``factor``: the context extension factor (all types but default). ``original_max_len``: the
+    pre-training context (llama3 and yarn); None means ``ModelConfig.max_seq_len``, as
+    transformers defaults ``original_max_position_embeddings`` to ``max_position_embeddings``. ``low_freq_factor`` /
+    ``high_freq_factor``: llama3's band edges. ``beta_fast`` / ``beta_slow``, ``truncate``: yarn's
+    correction range (its paper's Eq. 17-18 defaults 32 / 1). ``attention_factor``: yarn's cos/sin
+    multiplier; None means the paper's ``0.1 ln(factor) + 1`` (Eq. 21).
+    """
+
+    kind: RopeType = RopeType.DEFAULT
+    factor: float = 1.0
+    original_max_len: int | None = None
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    truncate: bool = True
+    attention_factor: float | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.kind, RopeType):
+            try:
+                object.__setattr__(self, "kind", RopeType(self.kind))
+            except ValueError:
+                raise ValueError(
+                    f"model.rope_scaling.kind={self.kind!r} is not implemented; choose one of "
+                    f"{[k.value for k in RopeType]}"
+                ) from None
+        if self.kind is not RopeType.DEFAULT and self.factor <= 0:
+            raise ValueError(f"model.rope_scaling.factor={self.factor} must be > 0")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -61,6 +121,25 @@ class ModelConfig:
     gated_mlp: bool = True
     positions: Positions = Positions.ROPE
     rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = RopeScaling()
+    # Fraction of each head's dims that RoPE rotates (the first ones); GPT-NeoX's rotary_pct.
+    rope_fraction: float = 1.0
+    # RoPE base on sliding-window layers, unscaled (Gemma 3's rope_local_base_freq); None: the
+    # same rotation as global layers.
+    local_rope_theta: float | None = None
+    qk_norm: QKNorm = QKNorm.NONE
+    # Norm placement: ``pre_norms`` normalise the input of attention / MLP (most families);
+    # ``post_norms`` normalise their outputs before the residual add (Gemma 2/3, OLMo 2).
+    pre_norms: bool = True
+    post_norms: bool = False
+    # GPT-NeoX: x + attn(norm1(x)) + mlp(norm2(x)) instead of two sequential residual steps.
+    parallel_residual: bool = False
+    # Attention scores are scaled by query_scale ** -0.5 (Gemma 2/3's query_pre_attn_scalar);
+    # None: head_dim ** -0.5.
+    query_scale: float | None = None
+    # cap * tanh(x / cap) on attention scores / output logits (Gemma 2); None: off.
+    attn_logit_softcap: float | None = None
+    final_logit_softcap: float | None = None
     qkv_bias: bool = False
     out_bias: bool = False
     mlp_bias: bool = False
@@ -68,6 +147,8 @@ class ModelConfig:
     # Gemma multiplies token embeddings by sqrt(hidden_size) before the first layer.
     scale_embeddings: bool = False
     sliding_window: int | None = None
+    # Which layers use ``sliding_window`` (one bool per layer); None: every layer, when set.
+    sliding_layers: tuple[bool, ...] | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
     # "none" | "block" (checkpoint each decoder block) | "dots" (save matmul outputs only).
@@ -87,7 +168,19 @@ class ModelConfig:
                     f"model.family={self.family!r} is not a supported family; "
                     f"choose one of {[f.value for f in Family]}"
                 ) from None
-        for name, kind in (("norm", Norm), ("activation", Activation), ("positions", Positions)):
+        if isinstance(self.rope_scaling, dict):
+            object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+        if self.sliding_layers is not None:
+            object.__setattr__(self, "sliding_layers", tuple(bool(b) for b in self.sliding_layers))
+            if len(self.sliding_layers) != self.num_layers:
+                raise ValueError(
+                    f"model.sliding_layers has {len(self.sliding_layers)} entries for "
+                    f"model.num_layers={self.num_layers}"
+                )
+        if not 0.0 < self.rope_fraction <= 1.0:
+            raise ValueError(f"model.rope_fraction={self.rope_fraction} must be in (0, 1]")
+        for name, kind in (("norm", Norm), ("activation", Activation), ("positions", Positions),
+                           ("qk_norm", QKNorm)):
             value = getattr(self, name)
             if not isinstance(value, kind):
                 try:
@@ -108,6 +201,20 @@ class ModelConfig:
     @property
     def head_size(self) -> int:
         return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """How many leading dims of each head RoPE rotates (transformers' int(head_dim * pct))."""
+        return int(self.head_size * self.rope_fraction)
+
+    def is_sliding(self, layer: int) -> bool:
+        """Whether ``layer`` attends through the sliding window (and uses ``local_rope_theta``)."""
+        if self.sliding_window is None:
+            return False
+        return True if self.sliding_layers is None else self.sliding_layers[layer]
+
+    def window(self, layer: int) -> int | None:
+        return self.sliding_window if self.is_sliding(layer) else None
 
 
 def llama(**overrides) -> ModelConfig:
@@ -139,6 +246,64 @@ def gemma(**overrides) -> ModelConfig:
     return ModelConfig(family=Family.GEMMA, **{**defaults, **overrides})
 
 
+def qwen3(**overrides) -> ModelConfig:
+    """Qwen3: Llama architecture with per-head RMSNorm on queries and keys, no biases."""
+    overrides.setdefault("qk_norm", QKNorm.HEAD)
+    overrides.setdefault("rope_theta", 1_000_000.0)
+    return ModelConfig(family=Family.QWEN3, **overrides)
+
+
+def gemma2(**overrides) -> ModelConfig:
+    """Gemma 2: Gemma plus pre+post norms, soft-capping, query_pre_attn_scalar and sliding
+    attention on every other layer (even indices)."""
+    defaults = dict(
+        activation=Activation.GELU_TANH, norm_weight_offset=1.0, scale_embeddings=True,
+        tie_embeddings=True, post_norms=True, attn_logit_softcap=50.0,
+        final_logit_softcap=30.0, query_scale=256.0, sliding_window=4096,
+    )
+    merged = {**defaults, **overrides}
+    if "sliding_layers" not in merged:
+        merged["sliding_layers"] = tuple(i % 2 == 0 for i in range(merged.get("num_layers", 2)))
+    return ModelConfig(family=Family.GEMMA2, **merged)
+
+
+def gemma3(**overrides) -> ModelConfig:
+    """Gemma 3 (text): Gemma 2's layout with q/k norms instead of soft-capping, five local
+    (sliding, RoPE base 10k) layers to every global one (RoPE base 1M)."""
+    defaults = dict(
+        activation=Activation.GELU_TANH, norm_weight_offset=1.0, scale_embeddings=True,
+        tie_embeddings=True, post_norms=True, qk_norm=QKNorm.HEAD, query_scale=256.0,
+        sliding_window=4096, rope_theta=1_000_000.0, local_rope_theta=10_000.0,
+    )
+    merged = {**defaults, **overrides}
+    if "sliding_layers" not in merged:
+        merged["sliding_layers"] = tuple((i + 1) % 6 != 0 for i in range(merged.get("num_layers", 2)))
+    return ModelConfig(family=Family.GEMMA3, **merged)
+
+
+def gpt_neox(**overrides) -> ModelConfig:
+    """GPT-NeoX / Pythia: LayerNorm, parallel residual, rotary on 25% of each head, exact-GELU
+    MLP, biases everywhere, untied head."""
+    defaults = dict(
+        norm=Norm.LAYER, norm_eps=1e-5, activation=Activation.GELU, gated_mlp=False,
+        qkv_bias=True, out_bias=True, mlp_bias=True, parallel_residual=True,
+        rope_fraction=0.25,
+    )
+    overrides.setdefault("num_kv_heads", overrides.get("num_heads", 4))
+    return ModelConfig(family=Family.GPT_NEOX, **{**defaults, **overrides})
+
+
+def phi3(**overrides) -> ModelConfig:
+    """Phi-3: Llama architecture (stored with fused qkv and gate_up projections)."""
+    return ModelConfig(family=Family.PHI3, **overrides)
+
+
+def olmo2(**overrides) -> ModelConfig:
+    """OLMo 2: norms after attention and MLP only, RMSNorm over the whole q and k projections."""
+    defaults = dict(pre_norms=False, post_norms=True, qk_norm=QKNorm.FULL, rope_theta=500_000.0)
+    return ModelConfig(family=Family.OLMO2, **{**defaults, **overrides})
+
+
 def gpt2(**overrides) -> ModelConfig:
     """GPT-2: learned positions, LayerNorm, biased projections, tanh GELU MLP, tied head."""
     defaults = dict(
@@ -160,8 +325,14 @@ PRESETS = {
     Family.LLAMA: llama,
     Family.MISTRAL: mistral,
     Family.QWEN2: qwen2,
+    Family.QWEN3: qwen3,
     Family.GEMMA: gemma,
+    Family.GEMMA2: gemma2,
+    Family.GEMMA3: gemma3,
     Family.GPT2: gpt2,
+    Family.GPT_NEOX: gpt_neox,
+    Family.PHI3: phi3,
+    Family.OLMO2: olmo2,
 }
 
 

@@ -1,4 +1,8 @@
-"""A decoder-only transformer (Flax linen) covering Llama, Mistral, Qwen2, Gemma and GPT-2.
+"""A decoder-only transformer (Flax linen) covering every family of ``fbjax.models.config``.
+
+One module, switched by ModelConfig fields: RoPE (with scaling and partial rotation) or learned
+positions; pre- and/or post-norms; sequential or parallel (GPT-NeoX) residual; q/k norms per head
+or over the whole projection; soft-capped attention scores; per-layer sliding windows.
 
 Every weight and activation carries logical axis names (``embed``, ``heads``, ``mlp``, ...);
 ``fbjax.sharding`` maps them to mesh axes through one rules table, so the model never names a
@@ -23,7 +27,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fbjax.models.config import Activation, ModelConfig, Norm, Positions
+from fbjax.models.config import Activation, ModelConfig, Norm, Positions, QKNorm, RopeType
+from fbjax.models.rope import (
+    apply_rope,
+    default_inv_freq,
+    dynamic_inv_freq,
+    segment_lengths,
+    static_frequencies,
+)
 
 Array = jax.Array
 
@@ -91,19 +102,11 @@ def attention_mask(
 
 
 def rope(x: Array, positions: Array, theta: float) -> Array:
-    """Rotary embedding in the half-split layout Hugging Face checkpoints use.
+    """Plain rotary embedding over all of x's head dims (see ``fbjax.models.rope``).
 
     x: ``[B, T, H, D]``; positions: ``[B, T]``.
     """
-    dim = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
-    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
-    cos, sin = jnp.cos(angles), jnp.sin(angles)
-    x32 = x.astype(jnp.float32)
-    half = dim // 2
-    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
-    return (x32 * cos + rotated * sin).astype(x.dtype)
+    return apply_rope(x, positions, default_inv_freq(theta, x.shape[-1]))
 
 
 class RMSNorm(nn.Module):
@@ -197,29 +200,58 @@ def _dense(config, in_features, features, axes, use_bias, name):
     return Dense(config, in_features, features, axes, use_bias, name=name)
 
 
+def _softcap(x: Array, cap: float | None) -> Array:
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def _attend(q, k, v, mask, scale: float, softcap: float | None) -> Array:
+    """Softmax attention ``[B, T, H, hd]``; GQA by repeating kv heads. With ``softcap``, scores
+    become ``cap * tanh(scores / cap)`` before masking (Gemma 2)."""
+    if softcap is None:
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale)
+    groups = q.shape[2] // k.shape[2]
+    k = jnp.repeat(k, groups, axis=2)
+    v = jnp.repeat(v, groups, axis=2)
+    scores = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32) * scale
+    scores = jnp.where(mask, _softcap(scores, softcap), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhts,bshd->bthd", probs, v)
+
+
+def _qk_norm(cfg: ModelConfig, x: Array, name: str) -> Array:
+    """RMSNorm of ``[B, T, H, hd]`` queries or keys, per head or over all heads (OLMo 2)."""
+    if cfg.qk_norm is QKNorm.NONE:
+        return x
+    norm = RMSNorm(cfg.norm_eps, cfg.norm_weight_offset, jnp.dtype(cfg.dtype), name=name)
+    if cfg.qk_norm is QKNorm.HEAD:
+        return norm(x)
+    return norm(x.reshape(*x.shape[:2], -1)).reshape(x.shape)
+
+
 class Attention(nn.Module):
     config: ModelConfig
+    layer: int
 
     @nn.compact
     def __call__(self, x, positions, segment_ids, branch_ids, cache: LayerCache | None, meta):
         cfg = self.config
         hd = cfg.head_size
+        sliding = cfg.is_sliding(self.layer)
         q = _dense(cfg, cfg.hidden_size, (cfg.num_heads, hd), ("embed", "heads", "head_dim"), cfg.qkv_bias, "q")(x)
         k = _dense(cfg, cfg.hidden_size, (cfg.num_kv_heads, hd), ("embed", "kv_heads", "head_dim"), cfg.qkv_bias, "k")(x)
         v = _dense(cfg, cfg.hidden_size, (cfg.num_kv_heads, hd), ("embed", "kv_heads", "head_dim"), cfg.qkv_bias, "v")(x)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
         k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
         v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
+        q, k = _qk_norm(cfg, q, "q_norm"), _qk_norm(cfg, k, "k_norm")
         if cfg.positions is Positions.ROPE:
-            q = rope(q, positions, cfg.rope_theta)
-            k = rope(k, positions, cfg.rope_theta)
+            inv_freq, factor = _layer_frequencies(cfg, sliding, positions, meta)
+            q = apply_rope(q, positions, inv_freq, factor)
+            k = apply_rope(k, positions, inv_freq, factor)
 
+        kind = "local" if sliding else "global"
         if cache is None:
-            mask = attention_mask(
-                meta["q_index"], meta["q_index"], segment_ids, segment_ids,
-                branch_ids, branch_ids, positions, positions, cfg.sliding_window,
-                meta.get("key_visible"),
-            )
+            mask = meta[f"mask_{kind}"]
             new_cache = None
         else:
             index = meta["cache_index"]
@@ -227,15 +259,29 @@ class Attention(nn.Module):
             v_all = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), index, 1)
             new_cache = LayerCache(k_all, v_all)
             k, v = k_all, v_all
-            mask = meta["cache_mask"]
+            mask = meta[f"cache_mask_{kind}"]
 
-        out = jax.nn.dot_product_attention(
-            q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, scale=1.0 / math.sqrt(hd)
-        )
+        scale = (cfg.query_scale if cfg.query_scale is not None else hd) ** -0.5
+        out = _attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, scale, cfg.attn_logit_softcap)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         y = _dense(cfg, (cfg.num_heads, hd), cfg.hidden_size, ("heads", "head_dim", "embed"),
                    cfg.out_bias, "o")(out)
         return y, new_cache
+
+
+def _layer_frequencies(cfg: ModelConfig, sliding: bool, positions: Array, meta):
+    """RoPE inverse frequencies (static ``[R/2]`` or per token) and cos/sin factor of a layer.
+
+    Sliding layers with ``local_rope_theta`` (Gemma 3) use that base, unscaled.
+    """
+    dim = cfg.rotary_dim
+    if sliding and cfg.local_rope_theta is not None:
+        return default_inv_freq(cfg.local_rope_theta, dim), 1.0
+    scaling = cfg.rope_scaling
+    if scaling.kind is RopeType.DYNAMIC:
+        return dynamic_inv_freq(cfg.rope_theta, dim, scaling.factor, cfg.max_seq_len,
+                                meta["seq_lengths"]), 1.0
+    return static_frequencies(cfg.rope_theta, dim, scaling, cfg.max_seq_len)
 
 
 class Mlp(nn.Module):
@@ -257,15 +303,29 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
     config: ModelConfig
+    layer: int
 
     @nn.compact
     def __call__(self, x, positions, segment_ids, branch_ids, cache, meta):
         cfg = self.config
-        h, new_cache = Attention(cfg, name="attn")(
-            make_norm(cfg, "attn_norm")(x), positions, segment_ids, branch_ids, cache, meta
+
+        def pre(name, h):
+            return make_norm(cfg, name)(h) if cfg.pre_norms else h
+
+        def post(name, h):
+            return make_norm(cfg, name)(h) if cfg.post_norms else h
+
+        attn_in = pre("attn_norm", x)
+        h, new_cache = Attention(cfg, self.layer, name="attn")(
+            attn_in, positions, segment_ids, branch_ids, cache, meta
         )
-        x = x + h
-        x = x + Mlp(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x))
+        h = post("attn_post_norm", h)
+        if cfg.parallel_residual:
+            # GPT-NeoX: both branches read the block input.
+            x = x + h + Mlp(cfg, name="mlp")(pre("mlp_norm", x))
+        else:
+            x = x + h
+            x = x + post("mlp_post_norm", Mlp(cfg, name="mlp")(pre("mlp_norm", x)))
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         return x, new_cache
 
@@ -322,10 +382,17 @@ class Decoder(nn.Module):
 
         batch, length = tokens.shape
         meta: dict[str, Array] = {}
+        kinds = {"local" if cfg.is_sliding(i) else "global" for i in range(cfg.num_layers)}
+        windows = {"local": cfg.sliding_window, "global": None}
+        if cfg.rope_scaling.kind is RopeType.DYNAMIC:
+            meta["seq_lengths"] = segment_lengths(positions, segment_ids)
         if cache is None:
-            meta["q_index"] = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-            if key_visible is not None:  # training-time key hiding (``attention_mask``)
-                meta["key_visible"] = key_visible
+            q_index = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+            for kind in kinds:
+                meta[f"mask_{kind}"] = attention_mask(
+                    q_index, q_index, segment_ids, segment_ids, branch_ids, branch_ids,
+                    positions, positions, windows[kind], key_visible,
+                )
         else:
             q_index = cache.index + jnp.arange(length, dtype=jnp.int32)
             seg_all = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, cache.index, 1)
@@ -333,12 +400,13 @@ class Decoder(nn.Module):
             slots = jnp.arange(cache.segment_ids.shape[1], dtype=jnp.int32)
             zeros_q = jnp.zeros_like(segment_ids)
             meta["cache_index"] = cache.index
-            meta["cache_mask"] = attention_mask(
-                jnp.broadcast_to(q_index, (batch, length)),
-                jnp.broadcast_to(slots, (batch, slots.shape[0])),
-                segment_ids, seg_all, zeros_q, jnp.zeros_like(seg_all),
-                positions, pos_all, cfg.sliding_window,
-            ) & (seg_all != 0)[:, None, None, :]
+            for kind in kinds:
+                meta[f"cache_mask_{kind}"] = attention_mask(
+                    jnp.broadcast_to(q_index, (batch, length)),
+                    jnp.broadcast_to(slots, (batch, slots.shape[0])),
+                    segment_ids, seg_all, zeros_q, jnp.zeros_like(seg_all),
+                    positions, pos_all, windows[kind],
+                ) & (seg_all != 0)[:, None, None, :]
 
         block_cls = Block
         if cfg.remat != "none":
@@ -346,7 +414,7 @@ class Decoder(nn.Module):
         new_layers = []
         for i in range(cfg.num_layers):
             layer_cache = None if cache is None else cache.layers[i]
-            x, new_layer = block_cls(cfg, name=f"layer_{i}")(
+            x, new_layer = block_cls(cfg, i, name=f"layer_{i}")(
                 x, positions, segment_ids, branch_ids, layer_cache, meta
             )
             new_layers.append(new_layer)
@@ -399,7 +467,8 @@ def output_projection(params: Any, config: ModelConfig) -> Array:
 def logits(params: Any, config: ModelConfig, hidden: Array) -> Array:
     """Full ``[..., V]`` float32 logits; for sampling and tests (training uses chunked log-probs)."""
     w = output_projection(params, config)
-    return jnp.einsum("...d,dv->...v", hidden.astype(jnp.float32), w.astype(jnp.float32))
+    out = jnp.einsum("...d,dv->...v", hidden.astype(jnp.float32), w.astype(jnp.float32))
+    return _softcap(out, config.final_logit_softcap)
 
 
 def token_rewards(params: Any, config: ModelConfig, hidden: Array) -> Array:

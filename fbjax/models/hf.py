@@ -1,12 +1,17 @@
 """Import and export of Hugging Face checkpoints, without torch.
 
 A Hugging Face checkpoint directory holds ``config.json`` and either ``model.safetensors`` or
-shards listed in ``model.safetensors.index.json``. We read both with ``safetensors.numpy`` and map
-them onto the fbjax parameter tree (``fbjax.models.decoder``), and write the reverse so that
-``transformers.AutoModelForCausalLM.from_pretrained`` loads what we save.
+shards listed in ``model.safetensors.index.json``. We read both with safetensors' numpy API and
+map them onto the fbjax parameter tree (``fbjax.models.decoder``), and write the reverse so that
+``transformers.AutoModelForCausalLM.from_pretrained`` loads what we save. ``load_hf`` reads the
+whole checkpoint into host memory; ``load_hf_sharded`` streams it tensor by tensor onto a mesh.
 
-Supported ``model_type`` values: llama, mistral, qwen2, gemma (v1) and gpt2. The mapping is exact
-(transposes and reshapes only), so a load followed by a save reproduces the tensors bitwise.
+Supported ``model_type`` values: llama (with RoPE scaling llama3 / linear / dynamic / yarn),
+mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, gpt2, gpt_neox, phi3 and olmo2. The config
+mapping follows what transformers 5 reads (and the 4.x spellings it converts); a field whose
+value fbjax does not implement is refused by name. The weight mapping is exact (transposes,
+reshapes, splits and concatenations only), so a load followed by a save reproduces the tensors
+bitwise.
 
 Layout conventions:
 
@@ -14,14 +19,19 @@ Layout conventions:
   split out (``q`` is ``[D, H, hd]``, ``o`` is ``[H, hd, D]``).
 * GPT-2 uses ``Conv1D`` whose weights are already ``[in, out]``, and fuses q/k/v into one
   ``c_attn`` of shape ``[D, 3D]`` (q, k, v concatenated along the output axis).
+* GPT-NeoX fuses q/k/v into ``query_key_value`` with output rows grouped per head
+  (``[H, 3, hd]``); Phi-3 fuses ``qkv_proj`` (q | k | v) and ``gate_up_proj`` (gate | up).
 * Gemma stores RMSNorm weights as offsets from 1, exactly as our ``RMSNorm`` with
   ``norm_weight_offset=1`` does, so norm weights copy unchanged.
+* ``post_attention_layernorm`` is the MLP's pre-norm in Llama-style models but the attention
+  output's post-norm in Gemma 2/3 and OLMo 2 (``_norm_names``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from typing import Any, Callable, Mapping
@@ -29,7 +39,16 @@ from typing import Any, Callable, Mapping
 import ml_dtypes  # noqa: F401  (registers bfloat16 & co. so np.dtype('bfloat16') works)
 import numpy as np
 
-from fbjax.models.config import Activation, Family, ModelConfig, Norm, Positions, preset
+from fbjax.models.config import (
+    Activation,
+    Family,
+    ModelConfig,
+    Positions,
+    QKNorm,
+    RopeScaling,
+    RopeType,
+    preset,
+)
 
 SUPPORTED_MODEL_TYPES = tuple(f.value for f in Family)
 
@@ -41,8 +60,14 @@ _ARCHITECTURES = {
     Family.LLAMA: "LlamaForCausalLM",
     Family.MISTRAL: "MistralForCausalLM",
     Family.QWEN2: "Qwen2ForCausalLM",
+    Family.QWEN3: "Qwen3ForCausalLM",
     Family.GEMMA: "GemmaForCausalLM",
+    Family.GEMMA2: "Gemma2ForCausalLM",
+    Family.GEMMA3: "Gemma3ForCausalLM",
     Family.GPT2: "GPT2LMHeadModel",
+    Family.GPT_NEOX: "GPTNeoXForCausalLM",
+    Family.PHI3: "Phi3ForCausalLM",
+    Family.OLMO2: "Olmo2ForCausalLM",
 }
 
 # Reward models: the same backbone with a one-label sequence-classification head (``score``).
@@ -50,8 +75,14 @@ _REWARD_ARCHITECTURES = {
     Family.LLAMA: "LlamaForSequenceClassification",
     Family.MISTRAL: "MistralForSequenceClassification",
     Family.QWEN2: "Qwen2ForSequenceClassification",
+    Family.QWEN3: "Qwen3ForSequenceClassification",
     Family.GEMMA: "GemmaForSequenceClassification",
+    Family.GEMMA2: "Gemma2ForSequenceClassification",
+    Family.GEMMA3: "Gemma3ForSequenceClassification",
     Family.GPT2: "GPT2ForSequenceClassification",
+    Family.GPT_NEOX: "GPTNeoXForSequenceClassification",
+    Family.PHI3: "Phi3ForSequenceClassification",
+    Family.OLMO2: "Olmo2ForSequenceClassification",
 }
 
 # HF activation names -> ours. "gelu_new", "gelu_fast" and "gelu_pytorch_tanh" are all the tanh
@@ -71,7 +102,9 @@ _ACTIVATION_NAMES = {
 }
 
 # Non-parameter buffers that some checkpoints carry; they hold no information we need.
-_IGNORED_KEYS = re.compile(r"(\.attn\.bias|\.attn\.masked_bias|rotary_emb\.inv_freq)$")
+_IGNORED_KEYS = re.compile(
+    r"(\.attn\.bias|\.attn\.masked_bias|\.attention\.bias|\.attention\.masked_bias|"
+    r"rotary_emb\.inv_freq)$")
 
 
 class CheckpointError(ValueError):
@@ -90,26 +123,125 @@ def _activation(name: str | None, source: str, key: str) -> Activation:
         ) from None
 
 
-def _rope_theta(hf: Mapping[str, Any], source: str, default: float) -> float:
-    """The RoPE base; rejects every RoPE scaling variant (we implement only plain RoPE).
+# transformers' default RoPE base when a config names none (Gemma 3: per layer type, below).
+_DEFAULT_THETA = 10_000.0
 
-    transformers 4.x writes ``rope_theta`` and ``rope_scaling``; 5.x folds both into
-    ``rope_parameters``. Accept either.
+# Fields whose non-neutral values change the computation in ways fbjax does not implement; a
+# config setting one is refused by name. (Training-only fields such as dropout are ignored.)
+_UNIMPLEMENTED = {
+    "use_bidirectional_attention": (None, False),
+    "scale_attn_by_inverse_layer_idx": (None, False),
+    "attn_logit_softcapping": (None,),  # families other than Gemma 2/3 (checked per family)
+    "final_logit_softcapping": (None,),
+}
+_SOFTCAP_FAMILIES = (Family.GEMMA2, Family.GEMMA3)
+
+
+def _refuse_unimplemented(hf: Mapping[str, Any], family: Family, source: str) -> None:
+    for key, neutral in _UNIMPLEMENTED.items():
+        if key.endswith("softcapping") and family in _SOFTCAP_FAMILIES:
+            continue
+        if key in hf and hf[key] not in neutral:
+            raise CheckpointError(f"{source}: {key}={hf[key]!r} is not implemented")
+
+
+def _rope_specs(hf: Mapping[str, Any], family: Family, source: str) -> tuple[dict, dict | None]:
+    """The RoPE parameters of global and (Gemma 3) sliding layers, as transformers resolves them.
+
+    transformers 4.x writes ``rope_theta`` + ``rope_scaling`` (``type`` or ``rope_type``); 5.x
+    writes ``rope_parameters`` (nested by layer type for Gemma 3). ``rope_scaling`` wins over
+    ``rope_parameters`` when both are set, as in transformers' ``convert_rope_params_to_dict``.
     """
-    params = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or {}
-    for spec in (params, scaling):
-        kind = spec.get("rope_type", spec.get("type", "default"))
-        if kind != "default":
+    params = hf.get("rope_parameters")
+    scaling = hf.get("rope_scaling")
+    nested = isinstance(params, Mapping) and (
+        "full_attention" in params or "sliding_attention" in params)
+    if family is Family.GEMMA3:
+        layers = params if nested else {}
+        full = dict(layers.get("full_attention") or {"rope_type": "default"})
+        if scaling:
+            full.update(scaling)
+        full.setdefault("rope_theta", hf.get("rope_theta", 1_000_000.0))
+        local = dict(layers.get("sliding_attention") or {"rope_type": "default"})
+        local.setdefault("rope_theta", hf.get("rope_local_base_freq", 10_000.0))
+        return full, local
+    if nested:
+        raise CheckpointError(
+            f"{source}: rope_parameters per layer type ({sorted(params)}) is not implemented for "
+            f"model_type={family.value!r}")
+    spec = dict(scaling or params or {})
+    if family is Family.GPT_NEOX:
+        spec.setdefault("rope_theta", hf.get("rotary_emb_base", hf.get("rope_theta", _DEFAULT_THETA)))
+        spec.setdefault("partial_rotary_factor", hf.get("rotary_pct", 0.25))
+    else:
+        spec.setdefault("rope_theta", hf.get("rope_theta", _DEFAULT_THETA))
+        if hf.get("partial_rotary_factor") is not None:
+            spec.setdefault("partial_rotary_factor", hf["partial_rotary_factor"])
+    kind = spec.get("rope_type", spec.get("type", "default"))
+    if family is Family.PHI3 and kind in ("su", "yarn"):
+        kind = "longrope"  # transformers' Phi3Config renames both
+    spec["rope_type"] = kind
+    return spec, None
+
+
+def _rope_scaling(spec: Mapping[str, Any], hf: Mapping[str, Any], source: str) -> RopeScaling:
+    """One ``rope_parameters`` dict -> :class:`RopeScaling` (refusing what is not implemented)."""
+    kind = spec["rope_type"]
+    try:
+        rope_type = RopeType(kind)
+    except ValueError:
+        raise CheckpointError(
+            f"{source}: rope_scaling.rope_type={kind!r} is not implemented; implemented: "
+            f"{[t.value for t in RopeType]}") from None
+    if rope_type is RopeType.DEFAULT:
+        return RopeScaling()
+
+    def need(key):
+        if spec.get(key) is None:
+            raise CheckpointError(f"{source}: rope_scaling.{key} is required for rope_type={kind!r}")
+        return spec[key]
+
+    if rope_type in (RopeType.LINEAR, RopeType.DYNAMIC):
+        return RopeScaling(kind=rope_type, factor=float(need("factor")))
+    max_len = int(hf.get("max_position_embeddings", 2048))
+    # A top-level original_max_position_embeddings overrides the nested one (standardize_rope_params).
+    original = int(hf.get("original_max_position_embeddings")
+                   or spec.get("original_max_position_embeddings") or max_len)
+    # None stands for "the model's context" (RopeScaling); keeps round trips canonical.
+    stored = None if original == max_len else original
+    if rope_type is RopeType.LLAMA3:
+        return RopeScaling(
+            kind=rope_type, factor=float(need("factor")), original_max_len=stored,
+            low_freq_factor=float(need("low_freq_factor")),
+            high_freq_factor=float(need("high_freq_factor")))
+    factor = spec.get("factor")
+    factor = max_len / original if factor is None else float(factor)
+    attention = spec.get("attention_factor")
+    mscale, mscale_all = spec.get("mscale"), spec.get("mscale_all_dim")
+    if attention is None and mscale and mscale_all:
+        def get_mscale(m):
+            return 0.1 * m * math.log(factor) + 1.0 if factor > 1 else 1.0
+        attention = get_mscale(mscale) / get_mscale(mscale_all)
+    return RopeScaling(
+        kind=rope_type, factor=factor, original_max_len=stored,
+        beta_fast=float(spec.get("beta_fast") or 32), beta_slow=float(spec.get("beta_slow") or 1),
+        truncate=bool(spec.get("truncate", True)),
+        attention_factor=None if attention is None else float(attention))
+
+
+def _rope_fields(hf: Mapping[str, Any], family: Family, source: str) -> dict[str, Any]:
+    full, local = _rope_specs(hf, family, source)
+    fields = dict(rope_theta=float(full["rope_theta"]),
+                  rope_scaling=_rope_scaling(full, hf, source),
+                  rope_fraction=float(full.get("partial_rotary_factor", 1.0)))
+    if local is not None:
+        if local.get("rope_type", local.get("type", "default")) != "default":
             raise CheckpointError(
-                f"{source}: RoPE scaling {kind!r} is not supported (only plain RoPE, "
-                f"rope_type='default'); got {dict(spec)}"
-            )
-    partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
-    if partial not in (None, 1.0):
-        raise CheckpointError(f"{source}: partial_rotary_factor={partial} is not supported")
-    theta = params.get("rope_theta", hf.get("rope_theta"))
-    return float(default if theta is None else theta)
+                f"{source}: rope_parameters.sliding_attention.rope_type="
+                f"{local.get('rope_type', local.get('type'))!r} is not implemented (local layers "
+                "use plain RoPE)")
+        fields["local_rope_theta"] = float(local["rope_theta"])
+    return fields
 
 
 def _require(hf: Mapping[str, Any], key: str, source: str) -> Any:
@@ -118,25 +250,40 @@ def _require(hf: Mapping[str, Any], key: str, source: str) -> Any:
     return hf[key]
 
 
-def _qwen2_sliding_window(hf: Mapping[str, Any], num_layers: int, source: str) -> int | None:
-    """Qwen2 slides only on layers ``i >= max_window_layers``; we support all-or-none."""
-    window = hf.get("sliding_window")
+def _sliding_fields(hf: Mapping[str, Any], family: Family, num_layers: int,
+                    source: str) -> dict[str, Any]:
+    """``sliding_window`` and ``sliding_layers`` as the family's transformers classes derive them."""
+    if family in (Family.LLAMA, Family.GEMMA, Family.GPT2, Family.GPT_NEOX, Family.OLMO2):
+        return {}
+    window = hf.get("sliding_window", 4096 if family in (Family.GEMMA2, Family.GEMMA3) else None)
+    if family in (Family.QWEN2, Family.QWEN3) and not hf.get("use_sliding_window", False):
+        window = None
     layer_types = hf.get("layer_types")
-    if layer_types is not None:
-        sliding = [t == "sliding_attention" for t in layer_types]
-    elif hf.get("use_sliding_window") and window is not None:
-        first = hf.get("max_window_layers", num_layers)
-        sliding = [i >= first for i in range(num_layers)]
-    else:
-        sliding = [False] * num_layers
-    if not any(sliding) or window is None:
-        return None
-    if not all(sliding):
-        raise CheckpointError(
-            f"{source}: sliding-window attention on only some layers ({sum(sliding)} of "
-            f"{num_layers}) is not supported; fbjax applies one window to every layer"
-        )
-    return int(window)
+    if layer_types is None:
+        if family in (Family.QWEN2, Family.QWEN3):
+            first = hf.get("max_window_layers", 28)
+            layer_types = ["sliding_attention" if window is not None and i >= first
+                           else "full_attention" for i in range(num_layers)]
+        elif family is Family.GEMMA2:
+            layer_types = ["sliding_attention" if (i + 1) % 2 else "full_attention"
+                           for i in range(num_layers)]
+        elif family is Family.GEMMA3:
+            pattern = hf.get("sliding_window_pattern", 6)
+            layer_types = ["sliding_attention" if (i + 1) % pattern else "full_attention"
+                           for i in range(num_layers)]
+        else:  # Mistral, Phi-3: one window on every layer
+            layer_types = ["sliding_attention"] * num_layers
+    if len(layer_types) != num_layers:
+        raise CheckpointError(f"{source}: layer_types has {len(layer_types)} entries for "
+                              f"num_hidden_layers={num_layers}")
+    unknown = sorted({t for t in layer_types} - {"sliding_attention", "full_attention"})
+    if unknown:
+        raise CheckpointError(f"{source}: layer_types {unknown} are not implemented")
+    sliding = tuple(t == "sliding_attention" for t in layer_types)
+    if window is None or not any(sliding):
+        return {"sliding_window": None}
+    return {"sliding_window": int(window),
+            "sliding_layers": None if all(sliding) else sliding}
 
 
 def config_from_hf(hf: Mapping[str, Any], *, source: str = CONFIG_FILE) -> ModelConfig:
@@ -144,8 +291,9 @@ def config_from_hf(hf: Mapping[str, Any], *, source: str = CONFIG_FILE) -> Model
 
     ``source`` names the file in error messages. Fields missing from ``hf`` take the defaults
     of the corresponding transformers config class (not fbjax's presets), since those are what
-    the checkpoint was trained with. A ``*ForSequenceClassification`` checkpoint with one label
-    is a reward model (``reward_head=True``).
+    the checkpoint was trained with. A field fbjax does not implement, set to a value that
+    changes the computation, is refused by name. A ``*ForSequenceClassification`` checkpoint
+    with one label is a reward model (``reward_head=True``).
     """
     config = _backbone_config_from_hf(hf, source)
     classifiers = [a for a in hf.get("architectures") or () if a.endswith("ForSequenceClassification")]
@@ -160,6 +308,10 @@ def config_from_hf(hf: Mapping[str, Any], *, source: str = CONFIG_FILE) -> Model
     return dataclasses.replace(config, reward_head=True)
 
 
+# transformers' rms_norm_eps / layer_norm_eps defaults per family.
+_DEFAULT_EPS = {Family.PHI3: 1e-5, Family.OLMO2: 1e-5, Family.GPT_NEOX: 1e-5}
+
+
 def _backbone_config_from_hf(hf: Mapping[str, Any], source: str) -> ModelConfig:
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
@@ -168,12 +320,11 @@ def _backbone_config_from_hf(hf: Mapping[str, Any], source: str) -> ModelConfig:
             f"supported model types: {list(SUPPORTED_MODEL_TYPES)}"
         )
     family = Family(model_type)
+    _refuse_unimplemented(hf, family, source)
 
     if family is Family.GPT2:
-        if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx"):
-            raise CheckpointError(
-                f"{source}: GPT-2 attention scaling other than 1/sqrt(head_dim) is not supported"
-            )
+        if not hf.get("scale_attn_weights", True):
+            raise CheckpointError(f"{source}: scale_attn_weights=False is not implemented")
         hidden = int(_require(hf, "n_embd", source))
         heads = int(_require(hf, "n_head", source))
         return preset(
@@ -197,7 +348,8 @@ def _backbone_config_from_hf(hf: Mapping[str, Any], source: str) -> ModelConfig:
     num_layers = int(_require(hf, "num_hidden_layers", source))
     head_dim = hf.get("head_dim")
     if head_dim is None:
-        head_dim = 256 if family is Family.GEMMA else hidden // heads
+        head_dim = 256 if family in (Family.GEMMA, Family.GEMMA2, Family.GEMMA3) else hidden // heads
+    eps_key = "layer_norm_eps" if family is Family.GPT_NEOX else "rms_norm_eps"
     sizes = dict(
         vocab_size=int(_require(hf, "vocab_size", source)),
         hidden_size=hidden,
@@ -208,24 +360,42 @@ def _backbone_config_from_hf(hf: Mapping[str, Any], source: str) -> ModelConfig:
         head_dim=None if head_dim * heads == hidden else int(head_dim),
         mlp_dim=int(_require(hf, "intermediate_size", source)),
         max_seq_len=int(hf.get("max_position_embeddings", 2048)),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        rope_theta=_rope_theta(hf, source, default=10000.0),
+        norm_eps=float(hf.get(eps_key, _DEFAULT_EPS.get(family, 1e-6))),
+        **_rope_fields(hf, family, source),
+        **_sliding_fields(hf, family, num_layers, source),
     )
-
-    if family is Family.GEMMA:
-        # Gemma checkpoints say hidden_act="gelu" but mean the tanh approximation; transformers
-        # prefers ``hidden_activation`` (4.x) and rewrites "gelu" (5.x). Do the same.
-        key = "hidden_activation" if hf.get("hidden_activation") else "hidden_act"
-        name = hf.get(key) or "gelu_pytorch_tanh"
-        name = "gelu_pytorch_tanh" if name == "gelu" else name
+    if family in (Family.GEMMA, Family.GEMMA2, Family.GEMMA3):
+        # Follow what transformers reads: GemmaMLP uses ``hidden_act`` (rewriting the legacy
+        # "gelu" of the official releases to the tanh form); Gemma 2/3 use ``hidden_activation``.
+        if family is Family.GEMMA:
+            key, name = "hidden_act", hf.get("hidden_act") or "gelu_pytorch_tanh"
+            name = "gelu_pytorch_tanh" if name == "gelu" else name
+        else:
+            key, name = "hidden_activation", hf.get("hidden_activation") or "gelu_pytorch_tanh"
         bias = bool(hf.get("attention_bias", False))
+        extra = {}
+        if family is not Family.GEMMA:
+            extra = dict(query_scale=float(hf.get("query_pre_attn_scalar", 256)),
+                         attn_logit_softcap=_optional_float(
+                             hf.get("attn_logit_softcapping", 50.0 if family is Family.GEMMA2 else None)),
+                         final_logit_softcap=_optional_float(
+                             hf.get("final_logit_softcapping", 30.0 if family is Family.GEMMA2 else None)))
         return preset(
-            family,
-            **sizes,
+            family, **sizes, **extra,
             activation=_activation(name, source, key),
             qkv_bias=bias,
             out_bias=bias,
             tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        )
+
+    if family is Family.GPT_NEOX:
+        bias = bool(hf.get("attention_bias", True))
+        return preset(
+            family, **sizes,
+            activation=_activation(hf.get("hidden_act", "gelu"), source, "hidden_act"),
+            qkv_bias=bias, out_bias=bias,
+            parallel_residual=bool(hf.get("use_parallel_residual", True)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         )
 
     common = dict(
@@ -238,63 +408,61 @@ def _backbone_config_from_hf(hf: Mapping[str, Any], source: str) -> ModelConfig:
             family, **sizes, **common, qkv_bias=bias, out_bias=bias,
             mlp_bias=bool(hf.get("mlp_bias", False)),
         )
-    if family is Family.MISTRAL:
-        window = hf.get("sliding_window")
-        return preset(
-            family, **sizes, **common, sliding_window=None if window is None else int(window)
-        )
+    if family in (Family.QWEN3, Family.OLMO2):
+        bias = bool(hf.get("attention_bias", False))
+        return preset(family, **sizes, **common, qkv_bias=bias, out_bias=bias)
+    if family in (Family.MISTRAL, Family.PHI3):
+        return preset(family, **sizes, **common)
     # Qwen2: biases on q/k/v only, always.
-    return preset(
-        family, **sizes, **common, qkv_bias=True, out_bias=False,
-        sliding_window=_qwen2_sliding_window(hf, num_layers, source),
-    )
+    return preset(family, **sizes, **common, qkv_bias=True, out_bias=False)
 
 
-# The architecture switches each HF model class hard-codes; a ModelConfig that differs cannot be
-# expressed as that model_type. ``None`` values are checked by hand in ``config_to_hf``.
-_FIXED = {
-    Family.LLAMA: dict(norm=Norm.RMS, norm_weight_offset=0.0, gated_mlp=True,
-                       positions=Positions.ROPE, scale_embeddings=False, sliding_window=None),
-    Family.MISTRAL: dict(norm=Norm.RMS, norm_weight_offset=0.0, gated_mlp=True,
-                         positions=Positions.ROPE, scale_embeddings=False, qkv_bias=False,
-                         out_bias=False, mlp_bias=False),
-    Family.QWEN2: dict(norm=Norm.RMS, norm_weight_offset=0.0, gated_mlp=True,
-                       positions=Positions.ROPE, scale_embeddings=False, qkv_bias=True,
-                       out_bias=False, mlp_bias=False),
-    Family.GEMMA: dict(norm=Norm.RMS, norm_weight_offset=1.0, gated_mlp=True,
-                       positions=Positions.ROPE, scale_embeddings=True, mlp_bias=False,
-                       sliding_window=None),
-    Family.GPT2: dict(norm=Norm.LAYER, gated_mlp=False, positions=Positions.LEARNED,
-                      scale_embeddings=False, qkv_bias=True, out_bias=True, mlp_bias=True,
-                      sliding_window=None),
-}
+def _optional_float(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def _rope_to_hf(theta: float, scaling: RopeScaling, fraction: float) -> dict[str, Any]:
+    spec: dict[str, Any] = {"rope_type": scaling.kind.value, "rope_theta": theta}
+    if fraction != 1.0:
+        spec["partial_rotary_factor"] = fraction
+    if scaling.kind is not RopeType.DEFAULT:
+        spec["factor"] = scaling.factor
+    if scaling.kind in (RopeType.LLAMA3, RopeType.YARN) and scaling.original_max_len:
+        spec["original_max_position_embeddings"] = scaling.original_max_len
+    if scaling.kind is RopeType.LLAMA3:
+        spec.update(low_freq_factor=scaling.low_freq_factor,
+                    high_freq_factor=scaling.high_freq_factor)
+    if scaling.kind is RopeType.YARN:
+        spec.update(beta_fast=scaling.beta_fast, beta_slow=scaling.beta_slow,
+                    truncate=scaling.truncate)
+        if scaling.attention_factor is not None:
+            spec["attention_factor"] = scaling.attention_factor
+    return spec
 
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """The Hugging Face ``config.json`` dict for ``config``.
 
-    Raises if ``config`` switches an architecture feature that the family's transformers class
-    cannot express (e.g. a Llama with sliding-window attention).
+    Raises, naming the fields, if ``config`` switches an architecture feature that the family's
+    transformers class cannot express (e.g. a Llama with sliding-window attention): the written
+    config must read back as ``config`` itself.
     """
-    family = config.family
-    wrong = {
-        name: (getattr(config, name), want)
-        for name, want in _FIXED[family].items()
-        if getattr(config, name) != want
-    }
-    if family in (Family.LLAMA, Family.GEMMA) and config.qkv_bias != config.out_bias:
-        wrong["out_bias"] = (config.out_bias, config.qkv_bias)
-    if family is Family.GPT2 and (
-        config.num_kv_heads != config.num_heads or config.head_size * config.num_heads
-        != config.hidden_size
-    ):
-        wrong["num_kv_heads/head_dim"] = ((config.num_kv_heads, config.head_size), "MHA, D/H")
-    if wrong:
-        detail = ", ".join(f"{k}={got!r} (needs {want!r})" for k, (got, want) in wrong.items())
-        raise ValueError(
-            f"cannot export a {family.value!r} ModelConfig to Hugging Face: {detail}"
-        )
+    hf = _config_to_hf(config)
+    back = config_from_hf(hf)
+    if back != config:
+        wrong = {f.name: (getattr(config, f.name), getattr(back, f.name))
+                 for f in dataclasses.fields(config)
+                 if getattr(config, f.name) != getattr(back, f.name) and f.name != "param_dtype"}
+        if wrong:
+            detail = ", ".join(f"{k}={got!r} (the {config.family.value} class gives {want!r})"
+                               for k, (got, want) in wrong.items())
+            raise ValueError(
+                f"cannot export a {config.family.value!r} ModelConfig to Hugging Face: {detail}")
+    return hf
 
+
+def _config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    family = config.family
     dtype = np.dtype(config.param_dtype).name
     hf: dict[str, Any] = {
         "architectures": [(_REWARD_ARCHITECTURES if config.reward_head else _ARCHITECTURES)[family]],
@@ -321,6 +489,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         )
         return hf
 
+    act_key = "hidden_activation" if family in (Family.GEMMA2, Family.GEMMA3) else "hidden_act"
     hf.update(
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_layers,
@@ -329,27 +498,51 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         head_dim=config.head_size,
         intermediate_size=config.mlp_dim,
         max_position_embeddings=config.max_seq_len,
-        rms_norm_eps=config.norm_eps,
-        hidden_act=_ACTIVATION_NAMES[config.activation],
-        # Both spellings, so transformers 4.x (rope_theta) and 5.x (rope_parameters) agree.
-        rope_theta=config.rope_theta,
-        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        **{act_key: _ACTIVATION_NAMES[config.activation]},
     )
-    if family is Family.LLAMA:
-        hf.update(attention_bias=config.qkv_bias, mlp_bias=config.mlp_bias)
-    elif family is Family.GEMMA:
-        hf.update(attention_bias=config.qkv_bias, hidden_activation=hf["hidden_act"])
-    elif family is Family.MISTRAL:
-        hf.update(sliding_window=config.sliding_window)
+    hf["layer_norm_eps" if family is Family.GPT_NEOX else "rms_norm_eps"] = config.norm_eps
+    # Both spellings, so transformers 4.x (rope_theta, rope_scaling) and 5.x (rope_parameters)
+    # agree.
+    spec = _rope_to_hf(config.rope_theta, config.rope_scaling, config.rope_fraction)
+    hf["rope_theta"] = config.rope_theta
+    if config.rope_scaling.kind is not RopeType.DEFAULT:
+        hf["rope_scaling"] = {k: v for k, v in spec.items() if k != "rope_theta"}
+    if family is Family.GEMMA3:
+        local = {"rope_type": "default", "rope_theta": config.local_rope_theta}
+        hf["rope_local_base_freq"] = config.local_rope_theta
+        hf["rope_parameters"] = {"full_attention": spec, "sliding_attention": local}
     else:
-        sliding = config.sliding_window is not None
-        hf.update(
-            use_sliding_window=sliding,
-            sliding_window=config.sliding_window,
-            max_window_layers=0 if sliding else config.num_layers,
-            layer_types=[("sliding_attention" if sliding else "full_attention")]
-            * config.num_layers,
-        )
+        hf["rope_parameters"] = spec
+    if family is Family.GPT_NEOX:
+        hf.update(rotary_pct=config.rope_fraction, rotary_emb_base=config.rope_theta,
+                  use_parallel_residual=config.parallel_residual,
+                  attention_bias=config.qkv_bias)
+    elif config.rope_fraction != 1.0:
+        hf["partial_rotary_factor"] = config.rope_fraction
+
+    if family in (Family.LLAMA, Family.GEMMA, Family.GEMMA2, Family.GEMMA3, Family.QWEN3,
+                  Family.OLMO2):
+        hf["attention_bias"] = config.qkv_bias
+    if family is Family.LLAMA:
+        hf["mlp_bias"] = config.mlp_bias
+    if family in (Family.GEMMA2, Family.GEMMA3):
+        q = config.query_scale
+        # transformers' strict config types this field int.
+        hf.update(query_pre_attn_scalar=int(q) if float(q).is_integer() else q,
+                  attn_logit_softcapping=config.attn_logit_softcap,
+                  final_logit_softcapping=config.final_logit_softcap)
+    if family in (Family.MISTRAL, Family.PHI3, Family.QWEN2, Family.QWEN3, Family.GEMMA2,
+                  Family.GEMMA3):
+        types = ["sliding_attention" if config.is_sliding(i) else "full_attention"
+                 for i in range(config.num_layers)]
+        hf["sliding_window"] = config.sliding_window
+        if family in (Family.QWEN2, Family.QWEN3):
+            sliding = config.sliding_window is not None
+            first = next((i for i, t in enumerate(types) if t == "sliding_attention"),
+                         config.num_layers)
+            hf.update(use_sliding_window=sliding, max_window_layers=first)
+        if family not in (Family.MISTRAL, Family.PHI3):
+            hf["layer_types"] = types
     return hf
 
 
@@ -420,11 +613,129 @@ def _gpt2_qkv(prefix: str, layer: str, d: int, h: int, hd: int, bias: bool) -> _
     return _Rule(name, paths, to_ours, to_hf, theirs[:-1] + (3 * h * hd,))
 
 
-def _rules(config: ModelConfig) -> list[_Rule]:
-    """Every tensor of the HF checkpoint for ``config`` and how it maps to our tree."""
+def _split_out(hf_name: str, parts: tuple[tuple[str, tuple[int, ...]], ...], d: int) -> _Rule:
+    """A fused ``nn.Linear`` weight ``[sum(out), D]`` whose output rows are the listed params
+    one after another (Phi-3's ``qkv_proj`` = q | k | v, ``gate_up_proj`` = gate | up)."""
+    paths = tuple(p for p, _ in parts)
+    sizes = [int(np.prod(shape)) for _, shape in parts]
+
+    def to_ours(w):
+        chunks = np.split(w, np.cumsum(sizes)[:-1], axis=0)
+        return {p: np.ascontiguousarray(c.T).reshape(d, *shape)
+                for (p, shape), c in zip(parts, chunks)}
+
+    def to_hf(p):
+        return np.concatenate(
+            [np.ascontiguousarray(p[path].reshape(d, n).T) for path, n in zip(paths, sizes)], axis=0)
+
+    return _Rule(hf_name, paths, to_ours, to_hf, (sum(sizes), d))
+
+
+def _neox_qkv(hf_name: str, layer: str, d: int, h: int, hd: int, bias: bool) -> _Rule:
+    """GPT-NeoX's fused ``query_key_value``: output rows grouped by head, ``[H, 3, hd]``
+    (q, k, v of head 0, then of head 1, ...), the layout its attention's ``view`` implies."""
+    kind = "bias" if bias else "kernel"
+    paths = tuple(f"{layer}/attn/{n}/{kind}" for n in "qkv")
+
+    def to_ours(w):
+        if bias:
+            grouped = w.reshape(h, 3, hd)
+            return {p: np.ascontiguousarray(grouped[:, i]) for i, p in enumerate(paths)}
+        grouped = w.reshape(h, 3, hd, d)  # [out, in] with out = (head, qkv, hd)
+        return {p: np.ascontiguousarray(grouped[:, i].transpose(2, 0, 1))
+                for i, p in enumerate(paths)}
+
+    def to_hf(p):
+        if bias:
+            return np.stack([p[path] for path in paths], axis=1).reshape(3 * h * hd)
+        stacked = np.stack([p[path].transpose(1, 2, 0) for path in paths], axis=1)  # [H,3,hd,D]
+        return np.ascontiguousarray(stacked.reshape(3 * h * hd, d))
+
+    return _Rule(hf_name, paths, to_ours, to_hf, (3 * h * hd,) if bias else (3 * h * hd, d))
+
+
+# HF norm names -> ours, per family. (Llama's "post_attention_layernorm" is the MLP's pre-norm;
+# Gemma 2/3's and OLMo 2's is the attention output's post-norm.)
+def _norm_names(family: Family) -> dict[str, str]:
+    if family in (Family.GEMMA2, Family.GEMMA3):
+        return {"input_layernorm": "attn_norm", "post_attention_layernorm": "attn_post_norm",
+                "pre_feedforward_layernorm": "mlp_norm",
+                "post_feedforward_layernorm": "mlp_post_norm"}
+    if family is Family.OLMO2:
+        return {"post_attention_layernorm": "attn_post_norm",
+                "post_feedforward_layernorm": "mlp_post_norm"}
+    return {"input_layernorm": "attn_norm", "post_attention_layernorm": "mlp_norm"}
+
+
+def _neox_rules(config: ModelConfig) -> list[_Rule]:
+    d, h, hd, f = config.hidden_size, config.num_heads, config.head_size, config.mlp_dim
+    rules = [_copy("gpt_neox.embed_in.weight", "embedding")]
+    for i in range(config.num_layers):
+        pre, ours = f"gpt_neox.layers.{i}.", f"layer_{i}"
+        for theirs, mine in (("input_layernorm", "attn_norm"), ("post_attention_layernorm", "mlp_norm")):
+            rules += [_copy(f"{pre}{theirs}.weight", f"{ours}/{mine}/scale"),
+                      _copy(f"{pre}{theirs}.bias", f"{ours}/{mine}/bias")]
+        rules.append(_neox_qkv(pre + "attention.query_key_value.weight", ours, d, h, hd, False))
+        rules.append(_linear(pre + "attention.dense.weight", f"{ours}/attn/o/kernel", (h, hd), (d,)))
+        if config.qkv_bias:
+            rules.append(_neox_qkv(pre + "attention.query_key_value.bias", ours, d, h, hd, True))
+            rules.append(_copy(pre + "attention.dense.bias", f"{ours}/attn/o/bias"))
+        rules += [_linear(pre + "mlp.dense_h_to_4h.weight", f"{ours}/mlp/up/kernel", (d,), (f,)),
+                  _copy(pre + "mlp.dense_h_to_4h.bias", f"{ours}/mlp/up/bias"),
+                  _linear(pre + "mlp.dense_4h_to_h.weight", f"{ours}/mlp/down/kernel", (f,), (d,)),
+                  _copy(pre + "mlp.dense_4h_to_h.bias", f"{ours}/mlp/down/bias")]
+    rules += [_copy("gpt_neox.final_layer_norm.weight", "final_norm/scale"),
+              _copy("gpt_neox.final_layer_norm.bias", "final_norm/bias")]
+    return rules
+
+
+def _llama_like_rules(config: ModelConfig) -> list[_Rule]:
+    """Llama's tensor names, with each family's fused projections, q/k norms and norm names."""
     d, h, kv, hd, f = (config.hidden_size, config.num_heads, config.num_kv_heads,
                        config.head_size, config.mlp_dim)
+    family = config.family
+    rules = [_copy("model.embed_tokens.weight", "embedding")]
+    for i in range(config.num_layers):
+        pre, ours = f"model.layers.{i}.", f"layer_{i}"
+        att = pre + "self_attn."
+        if family is Family.PHI3:
+            rules.append(_split_out(att + "qkv_proj.weight", (
+                (f"{ours}/attn/q/kernel", (h, hd)), (f"{ours}/attn/k/kernel", (kv, hd)),
+                (f"{ours}/attn/v/kernel", (kv, hd))), d))
+        else:
+            for name, heads in (("q", h), ("k", kv), ("v", kv)):
+                rules.append(_linear(f"{att}{name}_proj.weight", f"{ours}/attn/{name}/kernel",
+                                     (d,), (heads, hd)))
+                if config.qkv_bias:
+                    rules.append(_bias(f"{att}{name}_proj.bias", f"{ours}/attn/{name}/bias",
+                                       (heads, hd)))
+        rules.append(_linear(att + "o_proj.weight", f"{ours}/attn/o/kernel", (h, hd), (d,)))
+        if config.out_bias:
+            rules.append(_copy(att + "o_proj.bias", f"{ours}/attn/o/bias"))
+        if config.qk_norm is not QKNorm.NONE:
+            rules += [_copy(att + "q_norm.weight", f"{ours}/attn/q_norm/scale"),
+                      _copy(att + "k_norm.weight", f"{ours}/attn/k_norm/scale")]
+        if family is Family.PHI3:
+            rules.append(_split_out(pre + "mlp.gate_up_proj.weight", (
+                (f"{ours}/mlp/gate/kernel", (f,)), (f"{ours}/mlp/up/kernel", (f,))), d))
+            rules.append(_linear(pre + "mlp.down_proj.weight", f"{ours}/mlp/down/kernel", (f,), (d,)))
+        else:
+            for name, (n_in, n_out) in (("gate", (d, f)), ("up", (d, f)), ("down", (f, d))):
+                rules.append(_linear(f"{pre}mlp.{name}_proj.weight", f"{ours}/mlp/{name}/kernel",
+                                     (n_in,), (n_out,)))
+                if config.mlp_bias:
+                    rules.append(_copy(f"{pre}mlp.{name}_proj.bias", f"{ours}/mlp/{name}/bias"))
+        rules += [_copy(f"{pre}{theirs}.weight", f"{ours}/{mine}/scale")
+                  for theirs, mine in _norm_names(family).items()]
+    rules.append(_copy("model.norm.weight", "final_norm/scale"))
+    return rules
+
+
+def _rules(config: ModelConfig) -> list[_Rule]:
+    """Every tensor of the HF checkpoint for ``config`` and how it maps to our tree."""
+    d, h, hd = config.hidden_size, config.num_heads, config.head_size
     rules: list[_Rule] = []
+    head = "lm_head.weight"
     if config.family is Family.GPT2:
         rules += [_copy("transformer.wte.weight", "embedding"),
                   _copy("transformer.wpe.weight", "position_embedding")]
@@ -446,30 +757,13 @@ def _rules(config: ModelConfig) -> list[_Rule]:
             ]
         rules += [_copy("transformer.ln_f.weight", "final_norm/scale"),
                   _copy("transformer.ln_f.bias", "final_norm/bias")]
+    elif config.family is Family.GPT_NEOX:
+        rules += _neox_rules(config)
+        head = "embed_out.weight"
     else:
-        rules.append(_copy("model.embed_tokens.weight", "embedding"))
-        for i in range(config.num_layers):
-            pre, ours = f"model.layers.{i}.", f"layer_{i}"
-            att = pre + "self_attn."
-            for name, heads in (("q", h), ("k", kv), ("v", kv)):
-                rules.append(_linear(f"{att}{name}_proj.weight", f"{ours}/attn/{name}/kernel",
-                                     (d,), (heads, hd)))
-                if config.qkv_bias:
-                    rules.append(_bias(f"{att}{name}_proj.bias", f"{ours}/attn/{name}/bias",
-                                       (heads, hd)))
-            rules.append(_linear(att + "o_proj.weight", f"{ours}/attn/o/kernel", (h, hd), (d,)))
-            if config.out_bias:
-                rules.append(_copy(att + "o_proj.bias", f"{ours}/attn/o/bias"))
-            for name, (n_in, n_out) in (("gate", (d, f)), ("up", (d, f)), ("down", (f, d))):
-                rules.append(_linear(f"{pre}mlp.{name}_proj.weight", f"{ours}/mlp/{name}/kernel",
-                                     (n_in,), (n_out,)))
-                if config.mlp_bias:
-                    rules.append(_copy(f"{pre}mlp.{name}_proj.bias", f"{ours}/mlp/{name}/bias"))
-            rules += [_copy(pre + "input_layernorm.weight", f"{ours}/attn_norm/scale"),
-                      _copy(pre + "post_attention_layernorm.weight", f"{ours}/mlp_norm/scale")]
-        rules.append(_copy("model.norm.weight", "final_norm/scale"))
+        rules += _llama_like_rules(config)
     if not config.tie_embeddings and not config.reward_head:
-        rules.append(_linear("lm_head.weight", "lm_head", (d,), (config.vocab_size,)))
+        rules.append(_linear(head, "lm_head", (d,), (config.vocab_size,)))
     if config.reward_head:
         rules.append(_linear("score.weight", "reward_head", (d,), (1,)))
     return rules
@@ -540,10 +834,8 @@ def _read_config(hf_dir: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def read_safetensors(hf_dir: str) -> dict[str, np.ndarray]:
-    """All tensors of a checkpoint directory, single-file or sharded (memory-mapped)."""
-    from safetensors.numpy import load_file
-
+def _weight_files(hf_dir: str) -> list[str]:
+    """Paths of the safetensors files of a checkpoint directory (single-file or sharded)."""
     single = os.path.join(hf_dir, SAFETENSORS_FILE)
     index = os.path.join(hf_dir, SAFETENSORS_INDEX_FILE)
     if os.path.isfile(index):
@@ -558,26 +850,21 @@ def read_safetensors(hf_dir: str) -> dict[str, np.ndarray]:
         raise FileNotFoundError(
             f"no safetensors weights in {hf_dir}: expected {single} or {index}{hint}"
         )
-    tensors: dict[str, np.ndarray] = {}
-    for name in files:
-        path = os.path.join(hf_dir, name)
+    paths = [os.path.join(hf_dir, name) for name in files]
+    for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint shard listed in {index} not found: {path}")
+    return paths
+
+
+def read_safetensors(hf_dir: str) -> dict[str, np.ndarray]:
+    """All tensors of a checkpoint directory, single-file or sharded (memory-mapped)."""
+    from safetensors.numpy import load_file
+
+    tensors: dict[str, np.ndarray] = {}
+    for path in _weight_files(hf_dir):
         tensors.update(load_file(path))
     return tensors
-
-
-def _canonical_names(tensors: dict[str, np.ndarray], family: Family) -> dict[str, np.ndarray]:
-    """Add the ``model.``/``transformer.`` prefix that bare-backbone checkpoints lack.
-
-    The original GPT-2 release, for instance, names its tensors ``h.0.attn...`` without the
-    ``transformer.`` prefix that ``GPT2LMHeadModel`` uses.
-    """
-    prefix = "transformer." if family is Family.GPT2 else "model."
-    return {
-        k if k.startswith((prefix, "lm_head.", "score.")) else prefix + k: v
-        for k, v in tensors.items()
-    }
 
 
 def params_from_hf(
@@ -585,38 +872,92 @@ def params_from_hf(
     source: str = "checkpoint",
 ) -> dict[str, Any]:
     """HF tensors -> our nested (unboxed) param dict, checking names and shapes."""
-    tensors = _canonical_names(dict(tensors), config.family)
+    target = np.dtype(dtype)
+    flat = _convert(config, dict(tensors).items(), lambda path, a: a.astype(target, copy=False),
+                    source)
+    return unflatten(flat)
+
+
+def _convert(config: ModelConfig, items, place: Callable[[str, np.ndarray], Any],
+             source: str) -> dict[str, Any]:
+    """Map ``(hf_name, array)`` pairs, consumed one at a time, to ``{path: place(path, ours)}``,
+    checking every name and shape. Only the tensor in hand is held as a host array."""
+    prefix = {Family.GPT2: "transformer.", Family.GPT_NEOX: "gpt_neox."}.get(config.family, "model.")
     shapes = expected_shapes(config)
-    flat: dict[str, np.ndarray] = {}
-    missing = []
-    for rule in _rules(config):
-        if rule.hf_name not in tensors:
-            missing.append(rule.hf_name)
+    rules = {rule.hf_name: rule for rule in _rules(config)}
+    flat: dict[str, Any] = {}
+    unused = []
+    for name, array in items:
+        if not name.startswith((prefix, "lm_head.", "embed_out.", "score.")):
+            name = prefix + name  # bare-backbone checkpoints (e.g. the original GPT-2 release)
+        rule = rules.pop(name, None)
+        if rule is None:
+            tied_copy = name == "lm_head.weight" and (config.tie_embeddings or config.reward_head)
+            if not tied_copy and not _IGNORED_KEYS.search(name):
+                unused.append(name)
             continue
-        array = np.asarray(tensors.pop(rule.hf_name))
+        array = np.asarray(array)
         want = rule.hf_shape or shapes[rule.paths[0]]
         if array.shape != tuple(want):
             raise CheckpointError(
-                f"{source}: tensor {rule.hf_name} has shape {array.shape} but its config.json "
+                f"{source}: tensor {name} has shape {array.shape} but its config.json "
                 f"implies {tuple(want)}"
             )
-        flat.update(rule.to_ours(array))
-    if missing:
+        for path, value in rule.to_ours(array).items():
+            flat[path] = place(path, value)
+    if rules:
+        missing = sorted(rules)
         raise CheckpointError(f"{source}: missing tensors {missing[:8]}"
                               f"{' ...' if len(missing) > 8 else ''} for {config.family.value}")
-    # A tied checkpoint may still carry lm_head.weight (a copy of the embedding): drop it.
-    if config.tie_embeddings or config.reward_head:
-        tensors.pop("lm_head.weight", None)
-    unused = sorted(k for k in tensors if not _IGNORED_KEYS.search(k))
     if unused:
+        unused.sort()
         raise CheckpointError(
             f"{source}: unexpected tensors {unused[:8]}{' ...' if len(unused) > 8 else ''}; "
             "the config does not describe this checkpoint"
         )
     # Every rule's output shape follows from its hf_shape; this guards the rules themselves.
-    assert {k: v.shape for k, v in flat.items()} == shapes, "HF mapping rules out of sync"
+    assert {k: tuple(v.shape) for k, v in flat.items()} == shapes, "HF mapping rules out of sync"
+    return flat
+
+
+def _iter_safetensors(hf_dir: str):
+    """``(name, array)`` of a checkpoint directory, one shard open at a time, one tensor read
+    at a time (safetensors' lazy ``safe_open``)."""
+    from safetensors import safe_open
+
+    for path in _weight_files(hf_dir):
+        with safe_open(path, framework="numpy") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+def load_hf_sharded(hf_dir: str, *, mesh, rules, dtype: str = "float32"
+                    ) -> tuple[ModelConfig, dict[str, Any]]:
+    """Like :func:`load_hf`, but streaming: tensors are read one at a time and each is placed
+    on ``mesh`` with the sharding its logical axes get under ``rules``
+    (``jax.make_array_from_callback``, so every device receives only its slice), then
+    dropped from host memory. Peak host memory is about one tensor beyond what the devices
+    hold, instead of the whole checkpoint.
+    """
+    import flax.linen as nn
+    import jax
+
+    from fbjax.models.decoder import Decoder
+
+    hf_dir = os.fspath(hf_dir)
+    config = config_from_hf(_read_config(hf_dir), source=os.path.join(hf_dir, CONFIG_FILE))
+    config = dataclasses.replace(config, param_dtype=np.dtype(dtype).name)
+    ones = np.ones((1, 1), np.int32)
+    boxed = jax.eval_shape(Decoder(config).init, jax.random.key(0), ones, ones * 0, ones)
+    specs = nn.get_partition_spec(boxed)["params"]
+    shardings = flatten(nn.logical_to_mesh_sharding(specs, mesh, rules))
     target = np.dtype(dtype)
-    return unflatten({k: flat[k].astype(target, copy=False) for k in shapes})
+
+    def place(path, value):
+        value = value.astype(target, copy=False)
+        return jax.make_array_from_callback(value.shape, shardings[path], lambda idx: value[idx])
+
+    return config, unflatten(_convert(config, _iter_safetensors(hf_dir), place, hf_dir))
 
 
 def params_to_hf(config: ModelConfig, params: Any) -> dict[str, np.ndarray]:

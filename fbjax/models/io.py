@@ -21,13 +21,19 @@ PARAMS_FILE = "params.safetensors"
 FORMAT = "fbjax"
 
 
-def config_to_dict(config: ModelConfig) -> dict[str, Any]:
-    """JSON-ready dict of a ModelConfig (enums by value)."""
-    return {
-        f.name: (v.value if isinstance(v, enum.Enum) else v)
-        for f in dataclasses.fields(config)
-        for v in [getattr(config, f.name)]
-    }
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """JSON-ready dict of a ModelConfig (enums by value, nested configs as dicts)."""
+
+    def plain(v):
+        if isinstance(v, enum.Enum):
+            return v.value
+        if dataclasses.is_dataclass(v):
+            return config_to_dict(v)
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
 def config_from_dict(data: Mapping[str, Any], *, source: str = CONFIG_FILE) -> ModelConfig:

@@ -17,8 +17,15 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def chunked_logsumexp(hidden_BxLxD: Array, w_DxV: Array, *, chunk_size: int = 8192) -> Array:
-    """``logsumexp(hidden @ w, axis=-1)`` in float32 without materialising all V logits.
+def softcap(logits: Array, cap: float | None) -> Array:
+    """``cap * tanh(logits / cap)`` (Gemma 2's final-logit soft-capping); identity for None."""
+    return logits if cap is None else cap * jnp.tanh(logits / cap)
+
+
+def chunked_logsumexp(hidden_BxLxD: Array, w_DxV: Array, *, chunk_size: int = 8192,
+                      cap: float | None = None) -> Array:
+    """``logsumexp(softcap(hidden @ w, cap), axis=-1)`` in float32 without materialising all V
+    logits.
 
     Uses a scan over vocabulary chunks with a running (max, sum) pair; the last chunk is padded
     with -inf logits, which contribute nothing.
@@ -26,7 +33,7 @@ def chunked_logsumexp(hidden_BxLxD: Array, w_DxV: Array, *, chunk_size: int = 81
     hidden = hidden_BxLxD.astype(jnp.float32)
     d, vocab = w_DxV.shape
     if vocab <= chunk_size:
-        return jax.nn.logsumexp(hidden @ w_DxV.astype(jnp.float32), axis=-1)
+        return jax.nn.logsumexp(softcap(hidden @ w_DxV.astype(jnp.float32), cap), axis=-1)
     num_chunks = -(-vocab // chunk_size)
     pad = num_chunks * chunk_size - vocab
     w = jnp.pad(w_DxV, ((0, 0), (0, pad))).reshape(d, num_chunks, chunk_size)
@@ -36,7 +43,7 @@ def chunked_logsumexp(hidden_BxLxD: Array, w_DxV: Array, *, chunk_size: int = 81
     # Recomputed in the backward pass instead of saving every chunk's logits.
     @jax.checkpoint
     def chunk_stats(w_chunk, valid_chunk):
-        logits = hidden @ w_chunk.astype(jnp.float32)
+        logits = softcap(hidden @ w_chunk.astype(jnp.float32), cap)
         logits = jnp.where(valid_chunk, logits, -jnp.inf)
         m = jnp.max(logits, axis=-1)
         return m, jnp.sum(jnp.exp(logits - m[..., None]), axis=-1)
@@ -60,18 +67,20 @@ def token_logps(
     predictor_BxL: Array,
     *,
     chunk_size: int = 8192,
+    cap: float | None = None,
 ) -> Array:
     """``log p(tokens[t] | context)`` read from the distribution at ``predictor[t]``, ``[B, L]``.
 
-    Positions whose predictor is out of range (the first token of a row) get an arbitrary finite
-    value; callers mask them with ``loss_mask``.
+    ``cap``: the model's final-logit soft-cap (``ModelConfig.final_logit_softcap``), applied to
+    every logit before the softmax. Positions whose predictor is out of range (the first token
+    of a row) get an arbitrary finite value; callers mask them with ``loss_mask``.
     """
-    lse_BxL = chunked_logsumexp(hidden_BxLxD, w_DxV, chunk_size=chunk_size)
+    lse_BxL = chunked_logsumexp(hidden_BxLxD, w_DxV, chunk_size=chunk_size, cap=cap)
     pred = jnp.clip(predictor_BxL, 0, tokens_BxL.shape[1] - 1)
     h_pred = jnp.take_along_axis(hidden_BxLxD, pred[..., None], axis=1).astype(jnp.float32)
     lse_pred = jnp.take_along_axis(lse_BxL, pred, axis=1)
     w_tok = jnp.take(w_DxV.T, tokens_BxL, axis=0).astype(jnp.float32)  # [B, L, D]
-    target_logit = jnp.sum(h_pred * w_tok, axis=-1)
+    target_logit = softcap(jnp.sum(h_pred * w_tok, axis=-1), cap)
     return target_logit - lse_pred
 
 

@@ -52,7 +52,8 @@ def _token_logps_from_hidden(
 ) -> Array:
     w = output_projection(params, model.config)
     return logprobs.token_logps(
-        hidden, w, batch["tokens"], batch["predictor"], chunk_size=chunk_size
+        hidden, w, batch["tokens"], batch["predictor"], chunk_size=chunk_size,
+        cap=model.config.final_logit_softcap,
     )
 
 
