@@ -7,22 +7,21 @@ preferred HH response, judged by GPT-4): an SFT model is trained with
 learning rate 1e-6 (App. B), 150 warmup steps, one epoch, the original code's 512-token
 sequences with 256-token prompts.
 
-* Model: the paper used Pythia-2.8B (GPT-NeoX, not a family fbjax supports). The ``paper``
-  variant takes GPT-2 XL (1.5B) instead: of the supported families it shares the most of
-  Pythia's architecture (LayerNorm, non-gated GELU MLP, biased projections), differing in
-  learned positions and sequential residuals; it is half the size.
+* Model: Pythia-2.8B (GPT-NeoX: parallel residual, partial rotary), the paper's own SFT start
+  is Pythia-2.8B fine-tuned on the preferred HH responses; ``init_from`` names the base
+  checkpoint, so run SFT first or point ``--set init_from=DIR`` at an SFT checkpoint.
 * Optimizer: the original code uses RMSprop; fbjax has AdamW only.
 * Expected (paper, Fig. 3): DPO is the only method above the preferred responses, a GPT-4 win
   rate of about 0.6 at sampling temperature 0.25 (read off the plot).
 * Compute (``paper``): 2,513 steps of 128 padded 512-token rows (policy forward and backward
-  plus a reference forward), about 2e18 FLOPs for GPT-2 XL: under an hour on one 8 x A100 node
+  plus a reference forward), about 4e18 FLOPs for Pythia-2.8B: about an hour on one 8 x A100 node
   at 40% utilisation.
   ``sim``: minutes on 2 CPU cores.
 
 Run::
 
     fbjax train --experiment experiments/dpo_rafailov2023.py --workdir runs/dpo_sim
-    huggingface-cli download openai-community/gpt2-xl   # fbjax reads the hub cache, never downloads
+    huggingface-cli download EleutherAI/pythia-2.8b   # fbjax reads the hub cache, never downloads
     fbjax train --experiment experiments/dpo_rafailov2023.py:paper --workdir runs/dpo
 
 (weights and tokenizer come from the checkpoint ``init_from`` names) with the HH-RLHF release
@@ -54,7 +53,7 @@ def hh_all(split: str = "train") -> sources.Mixture:
 
 def paper() -> ExperimentConfig:
     return common.paper(
-        "dpo_rafailov2023", checkpoint="openai-community/gpt2-xl",
+        "dpo_rafailov2023", checkpoint="EleutherAI/pythia-2.8b",
         objective=presets.dpo(beta=0.1),
         optimizer=OptimizerConfig(learning_rate=1e-6, warmup_steps=150, schedule="constant",
                                   grad_clip=10.0),

@@ -112,7 +112,9 @@ def load_params(model: ModelConfig, start: Start, mesh, rules, seed: int) -> Any
             root, None, abstract, steplib.param_shardings(decoder, mesh, rules))
         log.info("starting from step %d of %s", step, root)
     elif start.kind == "hf":
-        params = hf.load_hf(start.path, dtype=dtype)[1]
+        # Streamed tensor by tensor onto the mesh: host memory holds about one shard, not the
+        # whole checkpoint.
+        params = hf.load_hf_sharded(start.path, mesh=mesh, rules=rules, dtype=dtype)[1]
     else:
         params = model_io.load_params(start.path)[1]
     params = hf.flatten(params)
