@@ -45,6 +45,8 @@ OBJECTIVES: tuple[Entry, ...] = (
     Entry("sft", SUPERVISED, supervised.nll, presets.sft),
     Entry("dpo", PAIRED, preference.dpo, presets.dpo,
           "Rafailov et al. 2023, arXiv:2305.18290", ("dpo_rafailov2023",), "dpo"),
+    Entry("dpop", PAIRED, preference.dpop, presets.paired(preference.dpop),
+          "Pal et al. 2024, arXiv:2402.13228", ("dpop_pal2024",)),
     Entry("cdpo", PAIRED, preference.cdpo, presets.cdpo, "Mitchell 2023",
           ("cdpo_mitchell2023",), "cdpo"),
     Entry("rdpo", PAIRED, preference.rdpo, presets.rdpo,
