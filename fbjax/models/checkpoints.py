@@ -103,21 +103,34 @@ def resolve_checkpoint(init_from: str, *, environ: Mapping[str, str] | None = No
 
 def run_checkpoint_root(path: str) -> str | None:
     """The Orbax root of a training run at ``path``: a stage directory
-    (``<workdir>/<stage>/checkpoints``), a run workdir (its last training stage's, as
-    ``config.json`` orders them), or the root itself."""
-    sub = os.path.join(path, "checkpoints")
-    if os.path.isdir(sub):
+    (``<workdir>/<stage>/checkpoints``, or an online stage's last round's), a run workdir (its
+    last training stage's, as ``config.json`` orders them), or the root itself."""
+    sub = _stage_checkpoints(path)
+    if sub is not None:
         return sub
-    stages = _workdir_stages(path)
-    for stage in reversed(stages):
-        sub = os.path.join(path, stage, "checkpoints")
-        if os.path.isdir(sub):
+    for stage in reversed(_workdir_stages(path)):
+        sub = _stage_checkpoints(os.path.join(path, stage))
+        if sub is not None:
             return sub
     from fbjax.checkpoint import MARKER
 
     steps = [n for n in os.listdir(path) if n.isdigit()]
     if any(os.path.isfile(os.path.join(path, n, MARKER)) for n in steps):
         return path
+    return None
+
+
+def _stage_checkpoints(path: str) -> str | None:
+    """``<stage>/checkpoints``, or an online stage's last round's (``<stage>/round_<r>/``)."""
+    sub = os.path.join(path, "checkpoints")
+    if os.path.isdir(sub):
+        return sub
+    rounds = sorted((int(n[6:]), n) for n in (os.listdir(path) if os.path.isdir(path) else ())
+                    if n.startswith("round_") and n[6:].isdigit())
+    for _, name in reversed(rounds):
+        sub = os.path.join(path, name, "checkpoints")
+        if os.path.isdir(sub):
+            return sub
     return None
 
 

@@ -109,7 +109,50 @@ class EvalStage:
                                                                 temperature=1.0)
 
 
-Stage = TrainStage | SampleStage | EvalStage
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OnlineStage:
+    """``rounds`` rounds of: sample ``samples_per_prompt`` responses to each of ``prompts``'s
+    prompts from the current policy, ask ``provider`` (``fbjax.feedback``) for feedback on them,
+    turn its records into token groups with ``encode(records, tokenizer)``, and train
+    ``objective`` on them for ``train.steps`` steps. Round 1 starts from stage ``start`` (None:
+    the experiment's start), round r from round r - 1's result.
+
+    ``prompts``: a prompt source (``fbjax.run.online``: the task's prompts, HumanEval problems).
+    ``prompt_template`` rewrites a prompt into what the policy is sampled under (LeTI's reward
+    token); the provider judges the original. ``reference``: the stage whose parameters are the
+    frozen reference (None: this stage's start; ``per_round_reference``: each round's start).
+    Every round keeps its samples, the provider's answers and its checkpoints under
+    ``<workdir>/<name>/round_<r>/``, so a run killed mid-round resumes without sampling or asking
+    again what it already has.
+    """
+
+    name: str
+    prompts: Any
+    provider: Any
+    encode: Callable[..., list]
+    objective: Objective
+    rounds: int = 1
+    samples_per_prompt: int = 2
+    sampling: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=64,
+                                                                temperature=1.0)
+    prompt_template: Callable[[str], str] | None = None
+    optimizer: OptimizerConfig = OptimizerConfig()
+    train: TrainConfig = TrainConfig()
+    start: str | None = None
+    reference: str | None = None
+    per_round_reference: bool = False
+    reference_cache: bool = True
+    family: str = ""
+    feedback: str = ""
+
+    def __post_init__(self):
+        if isinstance(self.rounds, bool) or self.rounds < 1:
+            raise ValueError(f"stages.{self.name}.rounds must be >= 1, got {self.rounds!r}")
+        if self.samples_per_prompt < 1:
+            raise ValueError(f"stages.{self.name}.samples_per_prompt must be >= 1")
+
+
+Stage = TrainStage | SampleStage | EvalStage | OnlineStage
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -168,8 +211,9 @@ class ExperimentConfig:
         raise KeyError(f"no stage {name!r}; stages: {[s.name for s in self.stages]}")
 
     @property
-    def train_stages(self) -> tuple[TrainStage, ...]:
-        return tuple(s for s in self.stages if isinstance(s, TrainStage))
+    def train_stages(self) -> tuple[TrainStage | OnlineStage, ...]:
+        """The stages that train a policy (offline and online)."""
+        return tuple(s for s in self.stages if isinstance(s, (TrainStage, OnlineStage)))
 
     @property
     def main_stage(self) -> Stage | None:
@@ -183,7 +227,7 @@ class ExperimentConfig:
 
 
 def _stage_refs(stage: Stage) -> tuple[str, ...]:
-    if isinstance(stage, TrainStage):
+    if isinstance(stage, (TrainStage, OnlineStage)):
         return tuple(r for r in (stage.start, stage.reference) if r)
     if isinstance(stage, SampleStage):
         return (stage.policy,)

@@ -33,8 +33,9 @@ import numpy as np
 
 from fbjax import checkpoint, evaluation, sampling
 from fbjax import sharding as fsh
-from fbjax.run import report, sim, start as startlib
-from fbjax.run.config import EvalStage, ExperimentConfig, SampleStage, StageEval, TrainStage
+from fbjax.run import online, report, sim, start as startlib
+from fbjax.run.config import (EvalStage, ExperimentConfig, OnlineStage, SampleStage, StageEval,
+                              TrainStage)
 from fbjax.run.overrides import dumps, to_jsonable
 from fbjax.train import loop
 from fbjax.train import reference as refcache
@@ -103,7 +104,7 @@ def _tokenizer(config: ExperimentConfig, start: startlib.Start):
     from fbjax.data.sources import Dataset
 
     for stage in config.train_stages:
-        if isinstance(stage.data, Dataset):
+        if isinstance(getattr(stage, "data", None), Dataset):
             return stage.data.tokenizer(checkpoint_dir=start.path)
     if start.path is not None:
         from fbjax.tokenizers import load_tokenizer
@@ -146,6 +147,8 @@ def run(config: ExperimentConfig, *, workdir: str, progress: bool = True) -> dic
     for stage in config.stages:
         if isinstance(stage, TrainStage):
             ctx.outputs[stage.name] = train_stage(ctx, stage)
+        elif isinstance(stage, OnlineStage):
+            ctx.outputs[stage.name] = online_stage(ctx, stage)
         elif isinstance(stage, SampleStage):
             ctx.outputs[stage.name] = sample_stage(ctx, stage)
         elif isinstance(stage, EvalStage):
@@ -199,7 +202,6 @@ def _history(path: str, upto: int) -> list[dict[str, float]]:
 
 
 def train_stage(ctx: Run, stage: TrainStage) -> Trained:
-    config = ctx.config
     if stage.start is not None:
         source = ctx.outputs[stage.start]
         model, params = source.model, source.params
@@ -216,11 +218,20 @@ def train_stage(ctx: Run, stage: TrainStage) -> Trained:
         objective = stage.adapt(objective, groups)
         log.info("%s: objective hyperparameters for this data: %s", stage.name,
                  dict(objective.hparams))
-    resolved = dataclasses.replace(stage, objective=objective)
+    return _fit(ctx, stage, dataclasses.replace(stage, objective=objective),
+                ctx.stage_dir(stage.name), model, params, groups,
+                reference if stage.head is None else None)
+
+
+def _fit(ctx: Run, stage, resolved, stage_dir: str, model, params, groups,
+         reference) -> Trained:
+    """Trains ``resolved.objective`` on ``groups`` from ``params``, checkpointed and logged in
+    ``stage_dir``: the part every training stage (offline, or one online round) shares."""
+    config = ctx.config
+    objective = resolved.objective
     job = TrainJob(name=stage.name, model=model, objective=objective,
                    optimizer=stage.optimizer, train=stage.train, rules=config.mesh.rules,
                    seed=config.seed)
-    stage_dir = ctx.stage_dir(stage.name)
     checkpointer = checkpoint.RunCheckpointer(
         os.path.join(stage_dir, "checkpoints"), config.checkpoint,
         # What the stage's result depends on, and nothing else (not the experiment's name or
@@ -230,7 +241,7 @@ def train_stage(ctx: Run, stage: TrainStage) -> Trained:
                            "seed": config.seed, "init_from": config.init_from,
                            "start": _lineage(config, stage)},
     )
-    needs_reference = objective.needs_reference and stage.head is None
+    needs_reference = objective.needs_reference and reference is not None
     if needs_reference and stage.reference_cache and caches_reference(objective):
         # The cache packs each group's completions behind one prompt copy, so a padded
         # layout's group may need up to two rows' worth of tokens there.
@@ -251,15 +262,80 @@ def train_stage(ctx: Run, stage: TrainStage) -> Trained:
                 f.write(json.dumps(values) + "\n")
 
     t0 = time.perf_counter()
+    desc = stage.name if stage_dir.endswith(stage.name) else \
+        f"{stage.name}/{os.path.basename(stage_dir)}"
     result = loop.train(job, stream, params, mesh=ctx.mesh,
                         reference_params=reference if needs_reference else None,
-                        workdir=stage_dir, progress=ctx.progress, desc=stage.name,
+                        workdir=stage_dir, progress=ctx.progress, desc=desc,
                         checkpointer=checkpointer, on_log=on_log,
                         on_start=lambda step: _rewrite_history(history_path, step))
     history = _history(history_path, int(result.state.step)) if jax.process_index() == 0 \
         else logged
     return Trained(model=model, params=result.state.params, history=history,
                    examples=len(groups), seconds=time.perf_counter() - t0)
+
+
+def online_stage(ctx: Run, stage: OnlineStage) -> Trained:
+    """Rounds of sample -> feedback -> train; see :class:`~fbjax.run.config.OnlineStage`.
+
+    Each round keeps ``responses.json`` and ``feedback.json`` (written whole or not at all)
+    and its own checkpoints, so a restarted run reuses what a killed one already sampled and
+    was told, and resumes the round's training where it stopped."""
+    if stage.start is not None:
+        source = ctx.outputs[stage.start]
+        model, params = source.model, source.params
+    else:
+        model, params = ctx.model, ctx.start_params()
+    reference = ctx.outputs[stage.reference].params if stage.reference else params
+    stage_dir = ctx.stage_dir(stage.name)
+    rounds, history, examples, seconds = [], [], 0, 0.0
+    for r in range(1, stage.rounds + 1):
+        round_dir = os.path.join(stage_dir, f"round_{r}")
+        if jax.process_index() == 0:
+            os.makedirs(round_dir, exist_ok=True)
+        responses_path = os.path.join(round_dir, "responses.json")
+        if os.path.exists(responses_path):
+            prompts, responses, metadata = online.load_responses(responses_path)
+        else:
+            prompts, metadata = stage.prompts.prompts(ctx.config.task, ctx.config.seed, r)
+            shown = [stage.prompt_template(p) if stage.prompt_template else p for p in prompts]
+            flat = [p for p in shown for _ in range(stage.samples_per_prompt)]
+            out = evaluation.sample(params, model, ctx.tokenizer, flat,
+                                    sampling_config=ctx.stop_sampling(stage.sampling),
+                                    rng=jax.random.fold_in(jax.random.fold_in(ctx.key, 6), r))
+            k = stage.samples_per_prompt
+            responses = [tuple(out.texts[i * k:(i + 1) * k]) for i in range(len(prompts))]
+            if jax.process_index() == 0:
+                online.save_responses(responses_path, prompts, responses, metadata)
+        feedback_path = os.path.join(round_dir, "feedback.json")
+        if os.path.exists(feedback_path):
+            feedback = online.load_feedback(feedback_path)
+        else:
+            from fbjax.feedback.provider import Responses
+
+            feedback = stage.provider(Responses.of(prompts, responses, metadata))
+            if jax.process_index() == 0:
+                online.save_feedback(feedback_path, feedback)
+        stats = {k: float(v) for k, v in feedback.stats.items()}
+        print(f"{stage.name} round {r}: {len(feedback.records)} feedback records, "
+              f"{len(feedback.failures)} without; "
+              + ", ".join(f"{k} {v:.3g}" for k, v in sorted(stats.items())))
+        groups = stage.encode(list(feedback.records), ctx.tokenizer)
+        trained = _fit(ctx, stage, stage, round_dir, model, params, groups, reference)
+        params = trained.params
+        if stage.per_round_reference:
+            reference = params
+        rounds.append({"round": r, **stats, "records": len(feedback.records),
+                       "failures": len(feedback.failures),
+                       "final": trained.history[-1] if trained.history else {}})
+        history += [{**h, "round": r} for h in trained.history]
+        examples += trained.examples
+        seconds += trained.seconds
+    if jax.process_index() == 0:
+        with open(os.path.join(stage_dir, "rounds.json"), "w") as f:
+            json.dump(rounds, f, indent=2)
+    return Trained(model=model, params=params, history=history, examples=examples,
+                   seconds=seconds)
 
 
 def _lineage(config: ExperimentConfig, stage: TrainStage) -> list:
@@ -365,7 +441,7 @@ def eval_stage(ctx: Run, stage: EvalStage) -> EvalResult:
     rows = []
     for s in policies:
         trained = ctx.outputs[s.name]
-        ev = s.evaluation or StageEval()
+        ev = getattr(s, "evaluation", None) or StageEval()
 
         def compute(s=s, trained=trained, ev=ev):
             if ev.evaluate is not None:
