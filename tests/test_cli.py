@@ -153,3 +153,80 @@ def test_print_config_shows_overrides_and_trains_nothing(capsys, tmp_path):
     (dpo,) = [s for s in printed["stages"] if s["name"] == "DPO"]
     assert dpo["objective"]["hparams"]["beta"] == 0.2
     assert not (tmp_path / "w").exists()
+
+
+# One line and exit code 2 for every bad input the command line can meet (issue: reliability).
+# Each case: extra arguments (after --experiment/--workdir), and a phrase the line must hold.
+BAD_INPUTS = [
+    (["--set", "train.steps=True"], "got a bool"),
+    (["--set", "train.steps=0"], "train.steps must be >= 1"),
+    (["--set", "train.steps=-3"], "train.steps must be >= 1"),
+    (["--set", "train.steps=2.5"], "expected int"),
+    (["--set", "train.steps=many"], "not a valid Python literal"),
+    (["--set", "train.batch=0"], "train.batch must be >= 1"),
+    (["--set", "train.batch=6", "--set", "train.microbatches=4"], "must divide into"),
+    (["--set", "train.seq_len=None"], "expected int"),
+    (["--set", "optimizer.learning_rate=-1"], "learning_rate must be a finite number > 0"),
+    (["--set", "optimizer.learning_rate=0"], "learning_rate must be a finite number > 0"),
+    (["--set", "optimizer.learning_rate=1e400"], "not a finite number"),
+    (["--set", "optimizer.learning_rate=nan"], "not a valid Python literal"),
+    (["--set", "optimizer.b2=1.5"], "optimizer.b2 must be in [0, 1)"),
+    (["--set", "optimizer.eps=0"], "optimizer.eps must be a finite number > 0"),
+    (["--set", "optimizer.weight_decay=-0.1"], "optimizer.weight_decay must be >= 0"),
+    (["--set", "optimizer.schedule=cosin"], "choose one of"),
+    (["--set", "optimizer.warmup_steps=-1"], "warmup_steps must be >= 0"),
+    (["--set", "optimizer.lr=3e-4"], "did you mean optimizer.learning_rate"),
+    (["--set", "objective.hparams.betta=0.2"], "did you mean objective.hparams.beta"),
+    (["--set", "objective.hparams.beta=high"], "not a valid Python literal"),
+    (["--set", "model.num_heads=3"], "must be a multiple of model.num_kv_heads"),
+    (["--set", "model.hidden_size=98"], "hidden_size"),
+    (["--set", "model.family=gpt5"], "model.family"),
+    (["--set", "seed=1.5"], "expected int"),
+    (["--set", "train.packing=1"], "expected True or False"),
+    (["--set", "stages.nope.train.steps=3"], "unknown config key"),
+    (["--set", "train"], "expects path=value"),
+    (["--set", "train=3"], "unknown config key 'train'"),
+    (["--set", "train.steps=1", "--set", "train.steps=2"], "given more than once"),
+    (["--set", "stages.pool.samples_per_prompt=many"], "not a valid Python literal"),
+]
+
+
+@pytest.mark.parametrize("extra, phrase", BAD_INPUTS, ids=lambda v: " ".join(v) if
+                         isinstance(v, list) else None)
+def test_every_bad_override_is_one_line_with_exit_code_2(extra, phrase, capsys, tmp_path):
+    rc = cli.main(["train", "--experiment", "experiments/dpo_rafailov2023.py", "--workdir",
+                   str(tmp_path / "w"), *extra, "--print-config"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert phrase in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_bad_files_and_modules_are_one_line_with_exit_code_2(capsys, tmp_path):
+    cases = []
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config(variant:\n")
+    cases.append(([f"--experiment={broken}", f"--workdir={tmp_path / 'w'}"], "broken.py:1"))
+    cases.append((["--experiment=experiments/nope.py", f"--workdir={tmp_path / 'w'}"],
+                  "does not exist"))
+    cases.append((["--experiment=no_such_module", f"--workdir={tmp_path / 'w'}"],
+                  "no experiment module"))
+    empty = tmp_path / "empty.py"
+    empty.write_text("X = 1\n")
+    cases.append(([f"--experiment={empty}", f"--workdir={tmp_path / 'w'}"], "get_config"))
+    cases.append((["--experiment=experiments/dpo_rafailov2023.py:huge",
+                   f"--workdir={tmp_path / 'w'}"], "no variant 'huge'"))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    cases.append((["--experiment=experiments/sft_sim.py:tiny", f"--workdir={a_file}"],
+                  "is a file, not a directory"))
+    cases.append((["--experiment=experiments/sft_sim.py:tiny", "--workdir=/proc/fbjax/w"],
+                  "/proc/fbjax"))
+    cases.append((["--experiment=experiments/dpo_rafailov2023.py:paper",
+                   f"--workdir={tmp_path / 'w'}", f"--set=init_from={tmp_path / 'nowhere'}"],
+                  "does not exist"))
+    for args, phrase in cases:
+        rc = cli.main(["train", *args, "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2, (args, err)
+        assert phrase in err and "Traceback" not in err, (args, err)
+        assert len(err.strip().splitlines()) == 1, (args, err)

@@ -135,7 +135,7 @@ class BatchStream:
         if state.get("seed", self.seed) != self.seed:
             raise ValueError(
                 f"data iterator state was saved with seed {state['seed']}, this run uses "
-                f"{self.seed}; resume with the same train.seed"
+                f"{self.seed}; resume with the same seed"
             )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order, self._order_epoch = self._permutation(self.epoch), self.epoch

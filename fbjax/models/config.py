@@ -190,6 +190,11 @@ class ModelConfig:
                         f"model.{name}={value!r} is not valid; choose one of "
                         f"{[k.value for k in kind]}"
                     ) from None
+        if self.head_dim is None and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.hidden_size={self.hidden_size} must be a multiple of "
+                f"model.num_heads={self.num_heads} (or set model.head_dim)"
+            )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"model.num_heads={self.num_heads} must be a multiple of "

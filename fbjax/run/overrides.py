@@ -200,6 +200,17 @@ def _apply(obj: Any, items: list[tuple[list[str], str, str]]) -> Any:
     return dataclasses.replace(obj, **changes)
 
 
+def _suggest(path: str, valid: set[str]) -> list[str]:
+    """Valid paths a mistyped one probably meant: keys with the same parent whose leaf the typed
+    one abbreviates (``optimizer.lr`` -> ``optimizer.learning_rate``), then close spellings."""
+    parent, _, leaf = path.rpartition(".")
+    siblings = [v for v in sorted(valid) if v.rpartition(".")[0] == parent]
+    initials = [v for v in siblings
+                if "".join(w[0] for w in v.rpartition(".")[2].split("_") if w) == leaf]
+    close = difflib.get_close_matches(path, sorted(valid), n=3, cutoff=0.6)
+    return list(dict.fromkeys(initials + close))[:3]
+
+
 def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
     """Applies every ``path=value`` string at once; validation runs on the final values."""
     if not overrides:
@@ -212,7 +223,7 @@ def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> Experimen
         path, text = item.split("=", 1)
         path = path.strip()
         if path not in valid:
-            close = difflib.get_close_matches(path, sorted(valid), n=3, cutoff=0.6)
+            close = _suggest(path, valid)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise OverrideError(f"unknown config key {path!r}{hint}")
         items.append((_route(config, path), text, path))

@@ -21,7 +21,6 @@ class TrainConfig:
     seq_len: int = 128
     microbatches: int = 1
     log_every: int = 10
-    seed: int = 0
     logprob_chunk: int = LOGPROB_CHUNK
     # Pack several groups per row; share one prompt copy between a group's completions.
     packing: bool = True
@@ -59,4 +58,3 @@ class TrainJob:
     optimizer: Any
     train: TrainConfig
     rules: Any
-    seed: int = 0
