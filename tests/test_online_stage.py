@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests import cli_runs
+
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 600
 EXPERIMENT = '''
 import dataclasses
@@ -54,31 +52,15 @@ def get_config(variant="online"):
 '''
 
 
-def _env(cache: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
-    env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    return env
-
-
 def _start(experiment: Path, workdir: Path, cache: Path):
-    log = workdir.parent / f"{workdir.name}.{time.monotonic_ns()}.log"
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fbjax.cli", "train", "--experiment", str(experiment),
-             "--workdir", str(workdir), "--no-progress"],
-            cwd=REPO, env=_env(cache), stdout=f, stderr=subprocess.STDOUT)
-    return proc, log
+    return cli_runs.start(["train", "--experiment", str(experiment), "--workdir", str(workdir),
+                           "--no-progress"], workdir.parent, cache)
 
 
 def _finish(proc, log) -> str:
-    try:
-        rc = proc.wait(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail(f"timed out; log:\n{log.read_text()[-4000:]}")
-    assert rc == 0, log.read_text()[-4000:]
-    return log.read_text()
+    rc, text = cli_runs.finish(proc, log, TIMEOUT)
+    assert rc == 0, text[-4000:]
+    return text
 
 
 def _hashes(*paths: Path) -> dict[str, str]:

@@ -13,7 +13,6 @@ The run is a subprocess with one CPU device, as on a user's machine.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
+from tests import cli_runs
+
+sys.path.insert(0, str(cli_runs.REPO / "tools"))
 import make_tiny_checkpoint as tiny_tool  # noqa: E402
 
 HH_FILE = Path(tiny_tool.HH_FILE)
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(not HH_FILE.exists(), reason=f"{HH_FILE} is not 
 
 
 def _command(workdir: Path, ckpt: Path, data: Path) -> list[str]:
-    return [sys.executable, "-m", "fbjax.cli", "train", "--experiment",
+    return [*cli_runs.FBJAX, "train", "--experiment",
             "experiments/dpo_rafailov2023.py:paper", "--workdir", str(workdir),
             "--set", f"init_from={ckpt}", "--set", f"data.manual_dir={data}",
             "--set", "data.on_error=skip", "--set", "train.steps=2", "--set", "train.batch=4",
@@ -38,10 +38,8 @@ def _command(workdir: Path, ckpt: Path, data: Path) -> list[str]:
 
 
 def _run(args: list[str], timeout: int) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
-    env["JAX_PLATFORMS"] = "cpu"
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(args, cwd=cli_runs.REPO, env=cli_runs.env(), capture_output=True,
+                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,46 +22,26 @@ import pytest
 
 from fbjax import analysis
 from fbjax import checkpoint as ck
+from tests import cli_runs
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 # Checkpoints every 100 steps, a multiple of the SFT stage's log interval, so a resumed stage logs
 # the same windows as an uninterrupted one.
 COMMAND = [
-    sys.executable, "-m", "fbjax.cli", "train", "--experiment",
+    "train", "--experiment",
     "experiments/dpo_rafailov2023.py:smoke", "--no-progress",
     "--set", "checkpoint.every_steps=100",
 ]
 TIMEOUT = 600
 
 
-def _env(cache: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES"):
-        env.pop(name, None)
-    env["JAX_PLATFORMS"] = "cpu"
-    env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    return env
+def _start(workdir: Path, cache: Path):
+    return cli_runs.start(COMMAND + ["--workdir", str(workdir)], workdir.parent, cache)
 
 
-def _start(workdir: Path, cache: Path) -> tuple[subprocess.Popen, Path]:
-    log = workdir.parent / f"{workdir.name}.{time.monotonic_ns()}.log"
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(COMMAND + ["--workdir", str(workdir)], cwd=REPO, env=_env(cache),
-                                stdout=f, stderr=subprocess.STDOUT)
-    return proc, log
-
-
-def _finish(proc: subprocess.Popen, log: Path) -> tuple[int, str]:
-    try:
-        rc = proc.wait(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"run timed out; log:\n{log.read_text()[-4000:]}")
-    return rc, log.read_text()
+def _finish(proc, log) -> tuple[int, str]:
+    return cli_runs.finish(proc, log, TIMEOUT)
 
 
 def _kill_when(proc, log, ready) -> None:
