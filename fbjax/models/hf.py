@@ -29,6 +29,8 @@ from typing import Any, Callable, Mapping
 import ml_dtypes  # noqa: F401  (registers bfloat16 & co. so np.dtype('bfloat16') works)
 import numpy as np
 
+# The project's one checkpoint error; re-exported here for callers of this module.
+from fbjax.checkpoint.errors import CheckpointError  # noqa: F401
 from fbjax.models.config import Activation, Family, ModelConfig, Norm, Positions, preset
 
 SUPPORTED_MODEL_TYPES = tuple(f.value for f in Family)
@@ -72,10 +74,6 @@ _ACTIVATION_NAMES = {
 
 # Non-parameter buffers that some checkpoints carry; they hold no information we need.
 _IGNORED_KEYS = re.compile(r"(\.attn\.bias|\.attn\.masked_bias|rotary_emb\.inv_freq)$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that we cannot read or that does not match its config."""
 
 
 # ----------------------------------------------------------------------------- config
