@@ -64,10 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (KeyError, ValueError, FileNotFoundError, ModuleNotFoundError) as e:
-        # Config and input errors: a one-line message naming the cause, no traceback.
+        # Config and input errors, including fbjax.checkpoint.CheckpointError (a ValueError: an
+        # unusable checkpoint, or a resume with a changed config): one line naming the cause.
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"fbjax {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:
+        # A run that failed (fbjax.train.nonfinite.NonFiniteLossError names the step).
+        print(f"fbjax {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

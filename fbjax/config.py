@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from fbjax.models.config import ModelConfig
 from fbjax.sharding import MeshConfig
+from fbjax.train.nonfinite import NonFinitePolicy
 from fbjax.train.objective import Objective
 from fbjax.train.optim import OptimizerConfig
 
@@ -61,6 +62,8 @@ class ExperimentConfig:
     data: Any = None
     # fbjax.checkpoint.CheckpointConfig; None = no checkpoints.
     checkpoint: Any = None
+    # A non-finite step: halt (max_rollbacks=0) or roll back with a lower learning rate.
+    nonfinite: NonFinitePolicy = NonFinitePolicy()
     evaluation: Any = None
     # Where the starting weights come from: None (random), an fbjax checkpoint or HF directory.
     init_from: str | None = None
