@@ -27,7 +27,8 @@ def _train(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from fbjax import analysis
 
-    print(analysis.describe_checkpoint(args.checkpoint_dir, step=args.step))
+    print(analysis.describe_checkpoint(args.checkpoint_dir, step=args.step,
+                                       verify=not args.no_verify))
     return 0
 
 
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="describe a checkpoint")
     inspect.add_argument("checkpoint_dir")
     inspect.add_argument("--step", type=int, default=None)
+    inspect.add_argument("--no-verify", action="store_true",
+                         help="check files only; do not read the arrays back (faster, but blind "
+                              "to damage inside large array files)")
     inspect.set_defaults(func=_inspect)
     return parser
 
