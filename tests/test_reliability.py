@@ -40,6 +40,8 @@ CONFIG = ExperimentConfig(
 )
 GROUPS = random_groups(40, completions=1, vocab=MODEL.vocab_size, seed=3)
 
+pytestmark = pytest.mark.slow  # eight tiny training runs
+
 
 @pytest.fixture(scope="module")
 def mesh():
@@ -192,29 +194,28 @@ def test_nan_halts_and_saves_only_the_intact_state(mesh, reference, tmp_path):
 
 
 def test_rollback_continues_from_last_good_step_with_lower_lr(mesh, reference, tmp_path, caplog):
-    source, final_params, _ = reference
-    policy = NonFinitePolicy(max_rollbacks=1, lr_factor=0.5)
-    config = dataclasses.replace(CONFIG, nonfinite=policy)
+    source, _, _ = reference
+    config = dataclasses.replace(CONFIG, nonfinite=NonFinitePolicy(max_rollbacks=1, lr_factor=0.5))
     root = tmp_path / "rolled"
-    with caplog.at_level(logging.WARNING):
-        result = _train(mesh, root, config, poison=(5,))
+    # Batch 5 is poisoned: roll back to step 4, halve the learning rate, retrain step 5 on the
+    # (now clean) batch 5; then batch 6 is poisoned too, which exceeds max_rollbacks=1: halt.
+    with caplog.at_level(logging.WARNING), pytest.raises(NonFiniteLossError,
+                                                         match=r"step 6 .*\(after 1 rollbacks"):
+        _train(mesh, root, config, poison=(5, 7))
     assert any("rollback 1 of 1: continuing from step 4" in r.getMessage()
                for r in caplog.records)
-    assert int(result.state.step) == STEPS
-    assert ck.read_extras(root)["run"] == {"lr_scale": 0.5, "rollbacks": 1}
+    assert ck.list_steps(root) == [2, 4, 5]  # step 5: the intact state saved by the halt
+    assert ck.read_extras(root, 5)["run"] == {"lr_scale": 0.5, "rollbacks": 1}
     _assert_all_finite(root)
 
-    # The same as resuming the uninterrupted run's step 4 with half the learning rate.
+    # Step 5 is what resuming the uninterrupted run's step 4 with half the learning rate gives
+    # (bitwise; with Adam, another learning rate gives other parameters).
     expected_root = tmp_path / "expected"
     _copy_until(source, expected_root, 4)
-    half = dataclasses.replace(config, optimizer=dataclasses.replace(CONFIG.optimizer,
-                                                                     learning_rate=1.5e-3))
+    half = dataclasses.replace(
+        CONFIG, optimizer=dataclasses.replace(CONFIG.optimizer, learning_rate=1.5e-3),
+        train=dataclasses.replace(CONFIG.train, steps=5))
     expected = _train(mesh, expected_root, half, allow=True)
-    got, want = _host(result.state.params), _host(expected.state.params)
-    for a, b in zip(got, want):
+    got = _saved_params(root, 5)
+    for a, b in zip(got, _host(expected.state.params)):
         np.testing.assert_array_equal(a, b)
-    assert any(not np.array_equal(a, b) for a, b in zip(got, final_params))  # lr really changed
-
-    # A second non-finite step exceeds max_rollbacks: the run halts.
-    with pytest.raises(NonFiniteLossError, match="after 1 rollbacks"):
-        _train(mesh, tmp_path / "twice", config, poison=(5, 7))
