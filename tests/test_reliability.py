@@ -219,3 +219,41 @@ def test_rollback_continues_from_last_good_step_with_lower_lr(mesh, reference, t
     got = _saved_params(root, 5)
     for a, b in zip(got, _host(expected.state.params)):
         np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------- through the CLI
+
+EXPERIMENT = str(Path(__file__).resolve().parents[1] / "experiments" / "sft_sim.py") + ":tiny"
+
+
+def _cli(workdir: Path, *sets: str) -> int:
+    from fbjax import cli
+
+    args = ["train", "--experiment", EXPERIMENT, "--workdir", str(workdir), "--no-progress"]
+    for s in ("train.steps=2", *sets):
+        args += ["--set", s]
+    return cli.main(args)
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_cli_refuses_changed_config_on_resume_in_one_line(tmp_path, capsys):
+    assert _cli(tmp_path / "run") == 0
+    capsys.readouterr()
+    assert _cli(tmp_path / "run", "optimizer.learning_rate=0.5", "train.seed=1") == 2
+    line = _error_line(capsys)
+    assert line.startswith("fbjax train: error: checkpoint step 2 in ")
+    assert "optimizer.learning_rate: 0.003 -> 0.5" in line and "train.seed: 0 -> 1" in line
+
+
+def test_cli_nonfinite_update_exits_1_in_one_line(tmp_path, capsys):
+    code = _cli(tmp_path / "run", "optimizer.learning_rate=1e39", "optimizer.warmup_steps=0")
+    assert code == 1
+    line = _error_line(capsys)
+    assert line.startswith("fbjax train: error: step 1 of sft_sim: the update (learning rate "
+                           "1e+39) made parameters or optimizer state non-finite")
+    assert ck.list_steps(tmp_path / "run" / "checkpoints") == []  # nothing was saved

@@ -104,41 +104,47 @@ class RunCheckpointer:
         log.warning("%s was saved with another config; continuing with: %s", where,
                     "; ".join(changes))
 
-    def _load(self, state: Any, shardings: Any, stream: Any) -> tuple[Any, dict, int] | None:
+    def _load(self, state: Any, shardings: Any) -> tuple[Any, dict, int] | None:
         abstract = jax.eval_shape(lambda s: s, state)
-        found = restore_latest(self.manager, abstract, shardings)
-        if found is not None:
-            self.restored_step, self.restored_extras = found[2], found[1]
-            self.run_info = dict(found[1].get("run") or {})
-            data_state = found[1].get("data_state")
-            if data_state is not None and hasattr(stream, "set_state"):
-                stream.set_state(data_state)
-        return found
+        return restore_latest(self.manager, abstract, shardings)
+
+    def _adopt(self, extras: Mapping[str, Any], step: int, stream: Any):
+        """Takes over the restored step's run info and data position."""
+        self.restored_step, self.restored_extras = step, dict(extras)
+        self.run_info = dict(extras.get("run") or {})
+        data_state = extras.get("data_state")
+        if data_state is not None and hasattr(stream, "set_state"):
+            stream.set_state(data_state)
 
     def restore(self, state: Any, shardings: Any, stream: Any = None) -> Any:
         """``state`` replaced by the latest checkpoint's, if any (same shardings). Raises
         CheckpointError if its saved experiment config differs (unless allowed)."""
-        found = self._load(state, shardings, stream)
+        found = self._load(state, shardings)
         if found is None:
             return state
         restored, extras, step = found
+        # Before anything else, so that the error lists every changed field (the data stream,
+        # for one, would refuse a changed seed on its own, naming only that).
         self._check_config(step, extras.get("config"))
         saved_ref = extras.get("reference")
         if self.reference is not None and saved_ref is not None and saved_ref != self.reference:
             log.warning("checkpoint step %d was trained against reference %s, now %s",
                         step, saved_ref, self.reference)
+        self._adopt(extras, step, stream)
         log.info("resumed from checkpoint step %d in %s", step, self.manager.directory)
         return restored
 
     def rollback(self, state: Any, shardings: Any, stream: Any = None) -> Any | None:
         """The newest good checkpoint's state (and data position), or None if there is none;
         later steps this run saved are then replaced by its next saves."""
-        found = self._load(state, shardings, stream)
+        found = self._load(state, shardings)
         if found is None:
             return None
-        self.manager.forget_after(found[2])
-        log.warning("rolled back to checkpoint step %d in %s", found[2], self.manager.directory)
-        return found[0]
+        restored, extras, step = found
+        self._adopt(extras, step, stream)
+        self.manager.forget_after(step)
+        log.warning("rolled back to checkpoint step %d in %s", step, self.manager.directory)
+        return restored
 
     def _extras(self, stream: Any, metrics: Mapping[str, Any], data_state: Any) -> dict[str, Any]:
         if data_state is None and hasattr(stream, "get_state"):
