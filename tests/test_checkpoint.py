@@ -450,3 +450,22 @@ def test_config_change_on_resume_is_refused_unless_allowed(run, tmp_path, caplog
         rc.close()
     assert any("optimizer.learning_rate: 0.003 -> 0.5" in r.getMessage() for r in caplog.records)
     assert ck.config_changes({"a": {"b": 1}}, {"a": {"b": 1, "c": [2]}}) == ["a.c: (absent) -> [2]"]
+
+
+def test_nonfinite_checkpoint_from_before_the_rule_is_rejected(run, tmp_path, caplog,
+                                                                monkeypatch):
+    # Writes step 2 with an Inf parameter as older versions could (the save-time check is
+    # bypassed; the fingerprints are right), then checks that restore falls back to step 1.
+    _save_steps(tmp_path, run.state, [1])
+    from fbjax.checkpoint import manager
+
+    real = manager.integrity.leaf_table
+    monkeypatch.setattr(manager.integrity, "leaf_table", lambda tree: (real(tree)[0], {}))
+    poisoned = run.state.replace(
+        params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.inf), run.state.params))
+    _save_steps(tmp_path, poisoned, [2])
+    monkeypatch.undo()
+    with caplog.at_level(logging.WARNING, logger="fbjax.checkpoint"):
+        assert _restore(run, tmp_path)[2] == 1
+    assert any("step 2" in r.getMessage() and "NaN/Inf" in r.getMessage() for r in caplog.records)
+    assert "NaN/Inf" in ck.step_status(tmp_path, verify=True)[2]
