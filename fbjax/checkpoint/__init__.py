@@ -41,11 +41,17 @@ clock decides, any process's SIGTERM counts); see :meth:`Manager.should_save` an
 from fbjax.checkpoint.config import CheckpointConfig
 from fbjax.checkpoint.errors import CheckpointError
 from fbjax.checkpoint.integrity import MARKER
-from fbjax.checkpoint.manager import Manager, open, save  # noqa: A004 - ``checkpoint.open``
+from fbjax.checkpoint.manager import Manager, open, save  # noqa: F401 - ``checkpoint.open``
 from fbjax.checkpoint.preemption import PreemptionFlag, install_preemption_handler
 from fbjax.checkpoint.restore import (
-    list_steps, read_extras, read_metadata, restore_at, restore_latest, restore_params,
-    step_status, verify_step,
+    list_steps,
+    read_extras,
+    read_metadata,
+    restore_at,
+    restore_latest,
+    restore_params,
+    step_status,
+    verify_step,
 )
 from fbjax.checkpoint.run import RunCheckpointer, config_changes
 

@@ -30,7 +30,7 @@ import ml_dtypes  # noqa: F401  (registers bfloat16 & co. so np.dtype('bfloat16'
 import numpy as np
 
 # The project's one checkpoint error; re-exported here for callers of this module.
-from fbjax.checkpoint.errors import CheckpointError  # noqa: F401
+from fbjax.checkpoint.errors import CheckpointError
 from fbjax.models.config import Activation, Family, ModelConfig, Norm, Positions, preset
 
 SUPPORTED_MODEL_TYPES = tuple(f.value for f in Family)

@@ -24,8 +24,8 @@ from fbjax import sharding as fsh
 from fbjax.config import ExperimentConfig, dumps
 from fbjax.models.decoder import Decoder
 from fbjax.train import step as steplib
-from fbjax.train.optim import make_optimizer
 from fbjax.train.nonfinite import NonFiniteLossError
+from fbjax.train.optim import make_optimizer
 from fbjax.train.state import TrainState
 
 log = logging.getLogger("fbjax")
