@@ -9,6 +9,7 @@ reference that the interrupted, damaged and rolled-back runs are compared with, 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -248,6 +249,12 @@ def test_cli_refuses_changed_config_on_resume_in_one_line(tmp_path, capsys):
     line = _error_line(capsys)
     assert line.startswith("fbjax train: error: checkpoint step 2 in ")
     assert "optimizer.learning_rate: 0.003 -> 0.5" in line and "train.seed: 0 -> 1" in line
+    # The finished run, rerun unchanged: nothing to train, and summary.json keeps its metrics.
+    summary = tmp_path / "run" / "summary.json"
+    final = json.loads(summary.read_text())["final"]
+    assert final["step"] == 2 and np.isfinite(final["loss"])
+    assert _cli(tmp_path / "run") == 0
+    assert json.loads(summary.read_text())["final"] == final
 
 
 def test_cli_nonfinite_update_exits_1_in_one_line(tmp_path, capsys):
