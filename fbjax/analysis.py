@@ -1,8 +1,9 @@
 """Looking at trained checkpoints: ``fbjax inspect``, and analysis of a restored policy.
 
 * :func:`describe_checkpoint` - a text report of a checkpoint directory (what ``fbjax inspect``
-  prints): every step and whether it is complete, the saved experiment config, parameter shapes,
-  metrics, data-iterator state and reference identity. It reads no arrays.
+  prints): every step and whether it is complete and verified (every array read back against
+  its fingerprint), the saved experiment config, parameter shapes, metrics, data-iterator state
+  and reference identity.
 * :func:`load_policy` - the parameters of one step as a :class:`Policy`, restored onto any mesh
   (or one device) without the optimizer state and without the experiment module: the model is
   rebuilt from the config saved in the checkpoint's extras.
@@ -126,17 +127,30 @@ def _leaf_report(leaves: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def describe_checkpoint(ckpt_dir: str | os.PathLike, step: int | None = None) -> str:
+def _status_text(reason: str | None, verified: bool) -> str:
+    if reason is None:
+        return "complete, verified" if verified else "complete (static check only)"
+    if reason.startswith("no commit marker"):
+        return f"INCOMPLETE: {reason}"
+    return f"DAMAGED: {reason}"
+
+
+def describe_checkpoint(ckpt_dir: str | os.PathLike, step: int | None = None, *,
+                        verify: bool = True) -> str:
     """A human-readable report of a checkpoint directory (workdir or its ``checkpoints/``).
 
-    Lists every finalised step with its status (complete, or why not), then for the chosen
-    ``step`` (default: the newest complete one) the saved experiment config, the parameter count
-    and each parameter's shape and dtype (from the commit marker; no arrays are read), the
-    metrics at save time, the data-iterator state and the reference identity. Raises
-    FileNotFoundError for a missing directory and ValueError for a step that does not exist.
+    Lists every finalised step with its status (complete, or INCOMPLETE / DAMAGED and why),
+    then for the chosen ``step`` (default: the newest complete one) the saved experiment config,
+    the parameter count and each parameter's shape and dtype (from the commit marker), the
+    metrics at save time, the data-iterator state and the reference identity. With ``verify``
+    (default) every array of every step is read back and compared with the fingerprint taken at
+    save time, as a restore does; ``verify=False`` checks only the files (marker, sizes, small
+    files' hashes) and reads no arrays, so it cannot see damage inside a large array file.
+    Raises FileNotFoundError for a missing directory and ValueError for a step that does not
+    exist.
     """
     root, workdir = _locate(ckpt_dir)
-    status = ck.step_status(root)
+    status = ck.step_status(root, verify=verify)
     lines = [f"checkpoints: {root}"]
     if not status:
         lines.append("no finalised checkpoints")
@@ -147,9 +161,8 @@ def describe_checkpoint(ckpt_dir: str | os.PathLike, step: int | None = None) ->
     lines.append("steps:")
     width = max(len(str(s)) for s in status)
     for s, reason in status.items():
-        state = "complete" if reason is None else f"INCOMPLETE: {reason}"
         mark = "  <- chosen" if s == chosen else ""
-        lines.append(f"  {s:>{width}}  {state}{mark}")
+        lines.append(f"  {s:>{width}}  {_status_text(reason, verify)}{mark}")
     if chosen is None:
         lines.append("no complete checkpoint")
         return "\n".join(lines)

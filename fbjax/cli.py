@@ -52,7 +52,8 @@ def _train(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     from fbjax import analysis
 
-    print(analysis.describe_checkpoint(args.checkpoint_dir, step=args.step))
+    print(analysis.describe_checkpoint(args.checkpoint_dir, step=args.step,
+                                       verify=not args.no_verify))
     return 0
 
 
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="describe a checkpoint")
     inspect.add_argument("checkpoint_dir")
     inspect.add_argument("--step", type=int, default=None)
+    inspect.add_argument("--no-verify", action="store_true",
+                         help="check files only; do not read the arrays back (faster, but blind "
+                              "to damage inside large array files)")
     inspect.set_defaults(func=_inspect)
 
     from fbjax.cli_eval import add_eval_parser
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except _bad_input() as e:
-        # One line naming the cause, no traceback.
+        # One line naming the cause, no traceback (fbjax.checkpoint.CheckpointError is a
+        # ValueError: an unusable checkpoint, or a resume with a changed config).
         if isinstance(e, SyntaxError):
             message = f"{e.filename}:{e.lineno}: {e.msg}"
         elif isinstance(e, KeyError) and e.args:
@@ -114,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
                 message = f"{e.filename}: {message}"
         print(f"fbjax {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:
+        # A run that failed (fbjax.train.nonfinite.NonFiniteLossError names the step).
+        print(f"fbjax {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def test_inspect(workdir, policy, capsys):
     count = sum(int(np.size(x)) for x in jax.tree.leaves(policy.params))
     assert cli.main(["inspect", str(workdir)]) == 0
     out = capsys.readouterr().out
-    assert f"step: {FINAL} " in out and f"{FINAL}  complete  <- chosen" in out
+    assert f"step: {FINAL} " in out and f"{FINAL}  complete, verified  <- chosen" in out
     assert f"parameters: {count:,} in " in out
     assert "experiment: sft_sim" in out and 'name = "sft_sim"' in out
     assert "model.hidden_size = 32" in out and "lm_head" in out
@@ -143,7 +143,7 @@ def test_corrupt_step_is_reported_and_skipped(workdir, policy, tmp_path, caplog)
     victim.write_bytes(victim.read_bytes()[:-8])
 
     report = analysis.describe_checkpoint(copy)
-    assert f"{FINAL}  INCOMPLETE: file " in report and f"step: {FINAL - 2} " in report
+    assert f"{FINAL}  DAMAGED: file " in report and f"step: {FINAL - 2} " in report
     with caplog.at_level(logging.WARNING, logger="fbjax.checkpoint"):
         fallback = analysis.load_policy(copy)
     assert fallback.step == FINAL - 2

@@ -1,5 +1,5 @@
-"""``fbjax eval`` on a run written by today's ``recipes.run_single`` (``sft_sim:tiny``), and the
-one function that knows the workdir layout."""
+"""``fbjax eval`` on a run written by ``fbjax train`` (``sft_sim:tiny``: one stage, ``sft``), and
+the one function that knows the workdir layout."""
 
 from __future__ import annotations
 
@@ -27,8 +27,12 @@ def test_checkpoint_root_layouts(tmp_path):
         (staged / stage / "checkpoints").mkdir(parents=True)
     (staged / "logs").mkdir()
     assert cli_eval.checkpoint_root(staged, "dpo") == str(staged / "dpo" / "checkpoints")
-    with pytest.raises(ValueError, match="pass --stage \\(one of: dpo, sft\\)"):
-        cli_eval.checkpoint_root(staged)
+    with pytest.raises(FileNotFoundError, match="no stage directories"):
+        cli_eval.checkpoint_root(staged)  # no config.json to say which stage came last
+    # The run's config orders its stages: without --stage, its last training stage.
+    stages = [{"name": "sft", "objective": {}}, {"name": "pool"}, {"name": "dpo", "objective": {}}]
+    (staged / "config.json").write_text(json.dumps({"stages": stages}))
+    assert cli_eval.checkpoint_root(staged) == str(staged / "dpo" / "checkpoints")
     with pytest.raises(FileNotFoundError, match="stage 'rm' has no checkpoints/ .*dpo, sft"):
         cli_eval.checkpoint_root(staged, "rm")
     with pytest.raises(FileNotFoundError, match="workdir not found"):
@@ -69,9 +73,10 @@ def test_eval_command_matches_the_library(workdir, tmp_path, capsys):
     assert Path(report["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # The same numbers straight from the library.
-    root = str(workdir / "checkpoints")
+    root = str(workdir / "sft" / "checkpoints")
     policy, ref = analysis.load_policy(root, 4), analysis.load_policy(root, 2)
-    data = cli_eval.sim_data(cli_eval.sim_task(policy.config), 16, 3)
+    run_config = json.loads((workdir / "config.json").read_text())
+    data = cli_eval.sim_data(cli_eval.sim_task(run_config), 16, 3)
     tok = policy.tokenizer
     groups = [packing.Group(encode.prompt_ids(tok, p), (encode.completion_ids(tok, c),
                                                         encode.completion_ids(tok, r)))
@@ -115,7 +120,8 @@ def test_eval_errors_are_one_line(workdir, tmp_path, capsys):
     # A staged layout (<workdir>/<stage>/checkpoints, the tokenizer in the workdir), and no
     # reference (SFT keeps none): KL and margins are skipped, and the report says why.
     staged = tmp_path / "staged"
-    shutil.copytree(workdir / "checkpoints", staged / "sft" / "checkpoints")
+    shutil.copytree(workdir / "sft" / "checkpoints", staged / "sft" / "checkpoints")
+    shutil.copy(workdir / "config.json", staged / "config.json")
     shutil.copy(workdir / "tokenizer.model", staged / "tokenizer.model")
     out = tmp_path / "noref.json"
     assert cli.main(["eval", "--workdir", str(staged), "--stage", "sft", "--out", str(out),

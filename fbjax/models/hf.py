@@ -39,6 +39,8 @@ from typing import Any, Callable, Mapping
 import ml_dtypes  # noqa: F401  (registers bfloat16 & co. so np.dtype('bfloat16') works)
 import numpy as np
 
+# The project's one checkpoint error; re-exported here for callers of this module.
+from fbjax.checkpoint.errors import CheckpointError
 from fbjax.models.config import (
     Activation,
     Family,
@@ -105,10 +107,6 @@ _ACTIVATION_NAMES = {
 _IGNORED_KEYS = re.compile(
     r"(\.attn\.bias|\.attn\.masked_bias|\.attention\.bias|\.attention\.masked_bias|"
     r"rotary_emb\.inv_freq)$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that we cannot read or that does not match its config."""
 
 
 # ----------------------------------------------------------------------------- config

@@ -18,6 +18,7 @@ from fbjax.checkpoint import CheckpointConfig
 from fbjax.models.config import ModelConfig
 from fbjax.sharding import MeshConfig
 from fbjax.train.config import TrainConfig
+from fbjax.train.nonfinite import NonFinitePolicy
 from fbjax.train.objective import Objective
 from fbjax.train.optim import OptimizerConfig
 
@@ -178,6 +179,10 @@ class ExperimentConfig:
     seed: int = 0
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig(every_steps=50, keep=2)
+    # What a non-finite step does: halt (max_rollbacks=0), or roll back and lower the rate.
+    nonfinite: NonFinitePolicy = NonFinitePolicy()
+    # A resumed stage refuses a config that differs from its checkpoint's unless this is set.
+    allow_config_change: bool = False
     main: str | None = ""
     # What the paper evaluates (a record kept next to the config; see experiments/common.py).
     evaluation: Any = None

@@ -83,21 +83,22 @@ def _paths(obj: Any, prefix: str = "") -> list[str]:
     return out
 
 
-def valid_paths(config: ExperimentConfig) -> list[str]:
-    """Every path ``--set`` accepts on ``config`` (the main stage's also without its prefix)."""
+def valid_paths(config: Any) -> list[str]:
+    """Every path ``--set`` accepts on ``config`` (an experiment's main stage's also without
+    its prefix)."""
     paths = _paths(config)
-    main = config.main_stage
+    main = config.main_stage if isinstance(config, ExperimentConfig) else None
     if main is not None:
         paths += _paths(main)
     return paths
 
 
-def _route(config: ExperimentConfig, path: str) -> list[str]:
-    """``path`` as parts from the experiment root (unprefixed stage paths go to the main
-    stage)."""
+def _route(config: Any, path: str) -> list[str]:
+    """``path`` as parts from the config's root (an experiment's unprefixed stage paths go to
+    its main stage)."""
     parts = path.split(".")
     top = {f.name for f in dataclasses.fields(config)}
-    if parts[0] in top:
+    if parts[0] in top or not isinstance(config, ExperimentConfig):
         return parts
     main = config.main_stage
     if main is None:
@@ -211,8 +212,9 @@ def _suggest(path: str, valid: set[str]) -> list[str]:
     return list(dict.fromkeys(initials + close))[:3]
 
 
-def apply_overrides(config: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
-    """Applies every ``path=value`` string at once; validation runs on the final values."""
+def apply_overrides(config: Any, overrides: list[str]) -> Any:
+    """Applies every ``path=value`` string at once to an experiment (or any frozen dataclass
+    config); validation runs on the final values."""
     if not overrides:
         return config
     valid = set(valid_paths(config))

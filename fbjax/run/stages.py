@@ -231,9 +231,10 @@ def _fit(ctx: Run, stage, resolved, stage_dir: str, model, params, groups,
     objective = resolved.objective
     job = TrainJob(name=stage.name, model=model, objective=objective,
                    optimizer=stage.optimizer, train=stage.train, rules=config.mesh.rules,
-                   seed=config.seed)
+                   seed=config.seed, nonfinite=config.nonfinite)
     checkpointer = checkpoint.RunCheckpointer(
         os.path.join(stage_dir, "checkpoints"), config.checkpoint,
+        allow_config_change=config.allow_config_change,
         # What the stage's result depends on, and nothing else (not the experiment's name or
         # later stages), so a finished stage directory serves any experiment that shares it.
         experiment_config={"name": stage.name, "model": to_jsonable(model),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from fbjax.train.nonfinite import NonFinitePolicy
+
 # One vocabulary chunk for the log-softmax everywhere (training, reference cache, evaluation):
 # memory of the loss grows with the chunk, not with the vocabulary.
 LOGPROB_CHUNK = 8192
@@ -50,7 +52,7 @@ class TrainJob:
     """What the loop trains: a model, an objective and its optimizer, for ``train`` steps.
 
     ``rules`` are the mesh's logical-axis rules; ``seed`` seeds the data order and the step's
-    random key."""
+    random key; ``nonfinite`` says what a non-finite step does (halt, or roll back)."""
 
     name: str
     model: Any
@@ -58,3 +60,5 @@ class TrainJob:
     optimizer: Any
     train: TrainConfig
     rules: Any
+    seed: int = 0
+    nonfinite: NonFinitePolicy = NonFinitePolicy()

@@ -1,8 +1,9 @@
 """The training loop: a thin driver around the jitted step.
 
 It owns only what a step cannot: moving host batches onto the mesh, logging (console and
-TensorBoard, on process 0), checkpoint cadence, and turning a non-finite loss into an error that
-names the step. Algorithm logic lives in objectives and the step.
+TensorBoard, on process 0), checkpoint cadence, and what follows a non-finite step (an error
+naming the step, or a rollback: fbjax.train.nonfinite). Algorithm logic lives in objectives and
+the step.
 """
 
 from __future__ import annotations
@@ -23,14 +24,35 @@ from fbjax import sharding as fsh
 from fbjax.models.decoder import Decoder
 from fbjax.train import step as steplib
 from fbjax.train.config import TrainJob
+from fbjax.train.nonfinite import NonFiniteLossError
 from fbjax.train.optim import make_optimizer
 from fbjax.train.state import TrainState
 
 log = logging.getLogger("fbjax")
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A step produced a NaN/inf loss or gradient; the update was not applied."""
+def _scaled_optimizer(config: TrainJob, optimizer: Any, lr_scale: float) -> Any:
+    """``optimizer`` with its learning rate (the whole schedule) times ``lr_scale``: the same
+    state structure, so a rolled-back state continues with it."""
+    if lr_scale == 1.0:
+        return optimizer
+    scaled = dataclasses.replace(config.optimizer,
+                                 learning_rate=config.optimizer.learning_rate * lr_scale)
+    return make_optimizer(scaled, config.train.steps)
+
+
+def _nonfinite_error(config: TrainJob, step: int, metrics: dict, lr_scale: float
+                     ) -> NonFiniteLossError:
+    loss, grad_norm = float(metrics["loss"][0]), float(metrics["grad_norm"][0])
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        what = (f"the update (learning rate {config.optimizer.learning_rate * lr_scale:g}) "
+                "made parameters or optimizer state non-finite")
+    else:
+        what = f"loss={loss}, grad_norm={grad_norm} is not finite"
+    return NonFiniteLossError(
+        f"step {step + 1} of {config.name}: {what}; the update was skipped and the state is "
+        f"still that of step {step}"
+    )
 
 
 @dataclasses.dataclass
@@ -92,7 +114,7 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def train(
-    job: TrainJob,
+    config: TrainJob,
     stream: Iterator[dict[str, np.ndarray]],
     params: Any,
     *,
@@ -105,17 +127,21 @@ def train(
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> RunResult:
-    """Runs ``job.train.steps`` steps of ``job.objective`` from ``params``.
+    """Runs ``config.train.steps`` steps of ``config.objective`` from ``params``.
 
     ``stream`` yields host batches (docs/batch_layout.md) and, if it has ``get_state`` /
     ``set_state``, is checkpointed with the state. ``checkpointer`` (``fbjax.checkpoint``'s
     :class:`~fbjax.checkpoint.RunCheckpointer`) restores the latest complete checkpoint and saves
-    on its cadence and on SIGTERM.
+    on its cadence and on SIGTERM. A non-finite step is handled by ``config.nonfinite``
+    (:class:`~fbjax.train.nonfinite.NonFinitePolicy`): halt with :class:`NonFiniteLossError`
+    (after saving the intact state, never a non-finite one) or roll back. When the checkpoint
+    is already at ``train.steps``, nothing is trained and the history is the saved final
+    metrics.
     """
-    tc = job.train
-    model = Decoder(job.model)
-    optimizer = make_optimizer(job.optimizer, tc.steps)
-    objective = job.objective
+    tc = config.train
+    model = Decoder(config.model)  # ``config`` is the stage's TrainJob
+    optimizer = make_optimizer(config.optimizer, tc.steps)
+    objective = config.objective
     # Batches that carry precomputed reference log-probs (fbjax.train.reference) need no
     # reference forward, so no reference parameters are kept on device.
     cached_reference = "ref_logps" in getattr(getattr(stream, "spec", None), "fields", ())
@@ -128,51 +154,64 @@ def train(
         model=model,
         optimizer=optimizer,
         objective=objective,
-        rng=jax.random.key(job.seed),
+        rng=jax.random.key(config.seed),
         mesh=mesh,
-        rules=job.rules,
+        rules=config.rules,
         reference_params=reference_params if objective.needs_reference and not cached_reference
         else None,
     )
-    if checkpointer is not None:
-        state = checkpointer.restore(state, state_sharding, stream)
-
-    tb = _TensorBoard(os.path.join(workdir, "tensorboard") if workdir else None)
-    if workdir and jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        table = fsh.sharding_table(state.params, state_sharding.params)
-        with open(os.path.join(workdir, "sharding.txt"), "w") as f:
-            f.write(table + "\n")
-        log.info(
-            "%s: %.0f%% of parameter bytes replicated on every device; per-parameter sharding "
-            "table in %s", job.name,
-            100 * fsh.replicated_fraction(state.params, state_sharding.params),
-            os.path.join(workdir, "sharding.txt"),
-        )
-        log.debug("parameter sharding:\n%s", table)
-
-    step_fn = None
-    history: list[dict[str, float]] = []
-    pending: dict[str, list] = {}
-    start_step = int(state.step)
-    if on_start is not None:
-        on_start(start_step)  # e.g. drop logs of steps past the checkpoint resumed from
-    bar = _progress(tc.steps, desc or job.name, progress)
-    if bar is not None:
-        bar.update(start_step)
-    t0 = time.perf_counter()
-    window_t, window_tokens = time.perf_counter(), 0.0
+    policy = config.nonfinite
+    tb = _TensorBoard(None)
+    bar = None
     try:
-        for step in range(start_step, tc.steps):
+        if checkpointer is not None:
+            state = checkpointer.restore(state, state_sharding, stream)
+        run_info = dict(checkpointer.run_info) if checkpointer is not None else {}
+        lr_scale = float(run_info.get("lr_scale", 1.0))
+        rollbacks = int(run_info.get("rollbacks", 0))
+
+        tb = _TensorBoard(os.path.join(workdir, "tensorboard") if workdir else None)
+        if workdir and jax.process_index() == 0:
+            os.makedirs(workdir, exist_ok=True)
+            table = fsh.sharding_table(state.params, state_sharding.params)
+            with open(os.path.join(workdir, "sharding.txt"), "w") as f:
+                f.write(table + "\n")
+            log.info(
+                "%s: %.0f%% of parameter bytes replicated on every device; per-parameter "
+                "sharding table in %s", config.name,
+                100 * fsh.replicated_fraction(state.params, state_sharding.params),
+                os.path.join(workdir, "sharding.txt"),
+            )
+            log.debug("parameter sharding:\n%s", table)
+
+        step_fn = None
+        history: list[dict[str, float]] = []
+        pending: dict[str, list] = {}
+        start_step = base_step = int(state.step)
+        if on_start is not None:
+            on_start(start_step)  # e.g. drop logs of steps past the checkpoint resumed from
+        if start_step >= tc.steps and checkpointer is not None:
+            # Nothing left to train: the run's final metrics are the ones saved with it.
+            saved = checkpointer.restored_extras.get("metrics")
+            if saved:
+                history.append(dict(saved))
+        bar = _progress(tc.steps, desc or config.name, progress)
+        if bar is not None:
+            bar.update(start_step)
+        t0 = time.perf_counter()
+        window_t, window_tokens = time.perf_counter(), 0.0
+        step = start_step
+        while step < tc.steps:
+            data_before = stream.get_state() if hasattr(stream, "get_state") else None
             host = next(stream)
             batch = global_batch(host, mesh)
             if step_fn is None:
                 step_fn = steplib.make_train_step(
                     model=model,
                     objective=objective,
-                    optimizer=optimizer,
+                    optimizer=_scaled_optimizer(config, optimizer, lr_scale),
                     mesh=mesh,
-                    rules=job.rules,
+                    rules=config.rules,
                     state_sharding=state_sharding,
                     batch_sharding={k: v.sharding for k, v in batch.items()},
                     microbatches=tc.microbatches,
@@ -181,17 +220,50 @@ def train(
             state, metrics = step_fn(state, batch)
             metrics = jax.device_get(metrics)
             if metrics["nonfinite"][0] > 0:
-                raise NonFiniteLossError(
-                    f"step {step + 1} of {job.name}: loss={float(metrics['loss'][0])}, "
-                    f"grad_norm={float(metrics['grad_norm'][0])} is not finite; the update was "
-                    f"skipped and the state is still that of step {step}"
-                )
+                error = _nonfinite_error(config, step, metrics, lr_scale)
+                if rollbacks >= policy.max_rollbacks:
+                    if checkpointer is not None and step > base_step:
+                        # The state is still that of ``step`` (the update was not applied);
+                        # saved with its own data position, a rerun repeats the failing batch.
+                        checkpointer.save_now(step, state, stream,
+                                              history[-1] if history else {},
+                                              data_state=data_before)
+                    if policy.max_rollbacks:
+                        raise NonFiniteLossError(
+                            f"{error} (after {rollbacks} rollbacks, nonfinite.max_rollbacks="
+                            f"{policy.max_rollbacks})")
+                    raise error
+                restored = None
+                if checkpointer is not None:
+                    restored = checkpointer.rollback(state, state_sharding, stream)
+                if restored is not None:
+                    state = restored
+                elif data_before is not None:
+                    stream.set_state(data_before)  # no checkpoint yet: retry from this state
+                else:
+                    raise NonFiniteLossError(f"{error}; cannot roll back: no checkpoint and the "
+                                             "data stream cannot rewind") from None
+                rollbacks += 1
+                lr_scale *= policy.lr_factor
+                step = base_step = int(state.step)
+                log.warning("%s; rollback %d of %d: continuing from step %d with the learning "
+                            "rate scaled by %g", error, rollbacks, policy.max_rollbacks, step,
+                            lr_scale)
+                if checkpointer is not None:
+                    checkpointer.run_info = {"lr_scale": lr_scale, "rollbacks": rollbacks}
+                step_fn = None  # rebuilt with the scaled learning rate
+                history = [h for h in history if h["step"] <= step]
+                pending, window_t, window_tokens = {}, time.perf_counter(), 0.0
+                if bar is not None:
+                    bar.n = step
+                    bar.refresh()
+                continue
             for k, (s, c) in metrics.items():
                 acc = pending.setdefault(k, [0.0, 0.0])
                 acc[0] += float(s)
                 acc[1] += float(c)
             window_tokens += float(metrics["tokens"][0])
-            done = step + 1
+            step = done = step + 1
             if done % tc.log_every == 0 or done == tc.steps:
                 now = time.perf_counter()
                 values = {k: s / c if c else float("nan") for k, (s, c) in pending.items()}
@@ -213,12 +285,9 @@ def train(
                     log.warning("SIGTERM received: checkpoint saved at step %d, exiting", done)
                     break
         else:
-            if checkpointer is not None and int(state.step) > start_step:
-                checkpointer.save_now(int(state.step), state, stream, history[-1] if history else {})
-    except NonFiniteLossError:
-        if checkpointer is not None:
-            checkpointer.save_now(int(state.step), state, stream, {})
-        raise
+            if checkpointer is not None and int(state.step) > base_step:
+                checkpointer.save_now(int(state.step), state, stream,
+                                      history[-1] if history else {})
     finally:
         if bar is not None:
             bar.close()

@@ -13,7 +13,10 @@ the state is built with ``create_state(..., reference_params=None)``.
 A cache file is valid only for the exact reference model, data and truncation it was computed
 from. Its metadata stores one fingerprint of each (:func:`fingerprint_params`,
 :func:`fingerprint_model`, :func:`fingerprint_groups`, :class:`Truncation`); :func:`load_or_compute`
-reuses a file whose metadata matches and refuses one that does not, naming what changed.
+reuses a file whose metadata matches and refuses one that does not, naming what changed. The
+values carry a sha256, checked at every read: values that fail it are recomputed and the file
+replaced; a file that is not a readable cache at all (truncated, garbage) is refused with a
+one-line :class:`ReferenceCacheError` naming it. Non-finite sums are never cached.
 
 Usage (single process)::
 
@@ -29,6 +32,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from typing import Any, Sequence
@@ -45,15 +49,22 @@ from fbjax.models.decoder import Decoder
 from fbjax.objectives import logprobs
 from fbjax.train import step as steplib
 
-FORMAT_VERSION = 1
+# 2: the values carry a sha256 (format 1 files are refused by name, or ignored by the default key).
+FORMAT_VERSION = 2
 FIELD = "ref_logps"
 # Host-only slot fields used to map packed slots back to (group, completion); never sent to the
 # device.
 _GROUP_FIELD = "_ref_group"
 _COMPLETION_FIELD = "_ref_completion"
 
+log = logging.getLogger("fbjax")
 
-class ReferenceCacheMismatch(ValueError):
+
+class ReferenceCacheError(ValueError):
+    """A cache file cannot be used; the one-line message names the file."""
+
+
+class ReferenceCacheMismatch(ReferenceCacheError):
     """A cache file exists under the requested key but was computed from another model/data."""
 
 
@@ -295,14 +306,33 @@ def _mismatch(path: str, stored: dict, wanted: dict) -> ReferenceCacheMismatch:
     )
 
 
-def _read(path: str) -> tuple[dict, np.ndarray, np.ndarray]:
-    with np.load(path, allow_pickle=False) as f:
-        return json.loads(str(f["meta"])), f["values"], f["counts"]
+def _values_sha256(values: np.ndarray, counts: np.ndarray) -> str:
+    h = hashlib.sha256()
+    _put(h, np.ascontiguousarray(values, "<f4"))
+    _put(h, np.ascontiguousarray(counts, "<i8"))
+    return h.hexdigest()
+
+
+def _read(path: str) -> tuple[dict, np.ndarray, np.ndarray, bool]:
+    """``(metadata, values, counts, values intact)``; ReferenceCacheError naming the file if it
+    is not a readable cache file at all (truncated, not a zip, missing entries)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            meta, values, counts = json.loads(str(f["meta"])), f["values"], f["counts"]
+    except Exception as e:  # noqa: BLE001 - BadZipFile, EOFError, KeyError, ValueError, OSError...
+        raise ReferenceCacheError(
+            f"reference log-prob cache {path} is unreadable ({type(e).__name__}: {e}); "
+            "delete it to recompute"
+        ) from None
+    if not isinstance(meta, dict):
+        raise ReferenceCacheError(f"reference log-prob cache {path} has no metadata dict")
+    return meta, values, counts, meta.get("values_sha256") == _values_sha256(values, counts)
 
 
 def _write(path: str, meta: dict, values: list[np.ndarray]) -> None:
     counts = np.array([len(v) for v in values], np.int64)
     flat = np.concatenate(values).astype(np.float32) if values else np.zeros(0, np.float32)
+    meta = dict(meta, values_sha256=_values_sha256(flat, counts))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     # Written to a temporary file and renamed, so a crash never leaves a truncated cache.
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp.npz")
@@ -315,6 +345,15 @@ def _write(path: str, meta: dict, values: list[np.ndarray]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _check_finite(path: str, sums: Sequence[np.ndarray]) -> None:
+    bad = [i for i, v in enumerate(sums) if not np.all(np.isfinite(v))]
+    if bad:
+        raise ReferenceCacheError(
+            f"reference log-probs for {path} are not finite for groups {bad[:8]} "
+            f"({len(bad)} groups); not caching them"
+        )
 
 
 def load_or_compute(
@@ -331,19 +370,26 @@ def load_or_compute(
 
     ``key`` names the cache file; by default it is derived from all fingerprints, so a changed
     model or data simply gets a new file. With an explicit key, an existing file whose metadata
-    does not match raises :class:`ReferenceCacheMismatch` naming both fingerprints and the file.
+    does not match raises :class:`ReferenceCacheMismatch` naming both fingerprints and the file;
+    damaged values are recomputed, an unreadable file raises :class:`ReferenceCacheError`.
     ``compute_kwargs`` go to :func:`compute_reference_logps` (they do not change the sums).
     """
     meta = _metadata(params, model_config, groups, truncation)
     path = cache_path(cache_dir, key or default_key(meta))
     if os.path.exists(path):
-        stored, values, counts = _read(path)
+        stored, values, counts, intact = _read(path)
         if {k: stored.get(k) for k in meta} != meta:
             raise _mismatch(path, stored, meta)
-        return list(np.split(values, np.cumsum(counts)[:-1])) if len(counts) else []
+        if intact:
+            return list(np.split(values, np.cumsum(counts)[:-1])) if len(counts) else []
+        # Our own file (its metadata matches) with damaged values: they are a pure function of
+        # that metadata, so recompute and replace them.
+        log.warning("reference log-prob cache %s: values do not match their sha256; "
+                    "recomputing", path)
     sums = compute_reference_logps(
         params, model_config, groups, truncation=truncation, **compute_kwargs
     )
+    _check_finite(path, sums)
     if jax.process_index() == 0:
         _write(path, meta, sums)
     return sums

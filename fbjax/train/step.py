@@ -139,6 +139,13 @@ def sequence_stats(
 # ----------------------------------------------------------------------------- the step
 
 
+def _all_finite(tree: Any) -> Array:
+    """Whether every floating-point value in ``tree`` is finite (a scalar bool)."""
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.stack(checks).all() if checks else jnp.bool_(True)
+
+
 def _split_microbatches(batch: Batch, num: int) -> Batch:
     def split(x):
         if x.shape[0] % num:
@@ -164,8 +171,9 @@ def train_step(
 
     Gradients are of the *summed* loss, divided once by the total example weight, so
     accumulating microbatches (or adding hosts) gives exactly the large-batch gradient.
-    A non-finite loss or gradient leaves the state unchanged (``nonfinite`` metric = 1); the
-    loop turns that into an error naming the step.
+    A non-finite loss or gradient, or an update that makes any parameter or optimizer-state
+    value non-finite (``nonfinite_update`` = 1), leaves the state unchanged (``nonfinite`` metric
+    = 1); the loop turns that into an error naming the step, or a rollback.
     """
     if not has_lm_head(model.config) and not objective.reads_rewards:
         raise ValueError(
@@ -220,7 +228,10 @@ def train_step(
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, objective_state=obj_state
     )
-    finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
+    # An overflowing update (e.g. learning rate 1e39) leaves the loss and gradients finite but
+    # the parameters or Adam moments Inf: the update must be rejected as well.
+    update_finite = _all_finite((params, opt_state))
+    finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm) & update_finite
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     one = jnp.ones((), jnp.float32)
     metrics = {
@@ -229,6 +240,7 @@ def train_step(
         "grad_norm": (grad_norm, one),
         "tokens": (ntok.astype(jnp.float32), one),
         "nonfinite": (1.0 - finite.astype(jnp.float32), one),
+        "nonfinite_update": (1.0 - update_finite.astype(jnp.float32), one),
     }
     return new_state, metrics
 

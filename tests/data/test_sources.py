@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fbjax.config import apply_overrides
+from fbjax.run.overrides import apply_overrides
 from fbjax.data import encode, hh_rlhf, sources
 from fbjax.data.reading import DataError, MissingFilesError, OnError
 

@@ -181,6 +181,74 @@ def test_changed_model_or_data_is_rejected(setup, tmp_path):
                                   truncation=None, chunk_size=CHUNK, num_rows=2, num_slots=4)
 
 
+def _rewrite_values(path, change):
+    """The cache file with its values changed by ``change`` and its metadata kept."""
+    with np.load(path) as f:
+        meta, values, counts = f["meta"], f["values"].copy(), f["counts"]
+    change(values)
+    with open(path, "wb") as f:
+        np.savez(f, meta=meta, values=values, counts=counts)
+
+
+@pytest.mark.parametrize("damage", ["shift", "nan"])
+def test_damaged_values_are_recomputed(setup, tmp_path, monkeypatch, damage):
+    groups, _, ref_params, ref = setup
+    calls = []
+    compute = reference.compute_reference_logps
+    monkeypatch.setattr(reference, "compute_reference_logps",
+                        lambda *a, **k: calls.append(1) or compute(*a, **k))
+    kw = dict(key="ref", truncation=TRUNCATION, chunk_size=CHUNK, num_rows=2, num_slots=4)
+    reference.load_or_compute(tmp_path, ref_params, CFG, groups, **kw)
+    path = tmp_path / "ref.npz"
+
+    def shift(v):
+        v[3] += 5.0
+
+    def nan(v):
+        v[3] = np.nan
+
+    _rewrite_values(path, shift if damage == "shift" else nan)
+    with np.load(path) as f:  # the damage is really there
+        assert not np.array_equal(f["values"], np.concatenate(ref))
+    got = reference.load_or_compute(tmp_path, ref_params, CFG, groups, **kw)
+    assert len(calls) == 2  # detected and recomputed ...
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    again = reference.load_or_compute(tmp_path, ref_params, CFG, groups, **kw)
+    assert len(calls) == 2  # ... and the file replaced: the next read is a hit
+    for a, b in zip(again, got):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "not_a_cache"])
+def test_unreadable_cache_is_one_line_error(setup, tmp_path, damage):
+    groups, _, ref_params, _ = setup
+    kw = dict(key="ref", truncation=TRUNCATION, chunk_size=CHUNK, num_rows=2, num_slots=4)
+    reference.load_or_compute(tmp_path, ref_params, CFG, groups, **kw)
+    path = tmp_path / "ref.npz"
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00garbage" * 100)
+    else:  # a valid npz of something else
+        with open(path, "wb") as f:
+            np.savez(f, weights=np.ones(3))
+    with pytest.raises(reference.ReferenceCacheError) as e:
+        reference.load_or_compute(tmp_path, ref_params, CFG, groups, **kw)
+    message = str(e.value)
+    assert str(path) in message and "\n" not in message
+
+
+def test_nonfinite_reference_is_not_cached(setup, tmp_path):
+    groups, _, ref_params, _ = setup
+    broken = jax.tree.map(lambda x: np.full_like(x, np.nan), ref_params)
+    kw = dict(key="ref", truncation=TRUNCATION, chunk_size=CHUNK, num_rows=2, num_slots=4)
+    with pytest.raises(reference.ReferenceCacheError, match="not finite"):
+        reference.load_or_compute(tmp_path, broken, CFG, groups, **kw)
+    assert not (tmp_path / "ref.npz").exists()
+
+
 def test_fingerprints_depend_on_values_only():
     params = _params(0)
     on_device = jax.device_put(params)
