@@ -7,7 +7,7 @@ Layers, bottom to top (``docs/architecture.md`` says what each holds):
 2. ``data``
 3. ``sim``
 4. ``train``, ``sampling``
-5. ``evaluation``, ``analysis``, ``feedback``
+5. ``evaluation``, ``analysis``, ``feedback``, ``parity`` (model parity checks, using the sampler)
 6. ``run`` (configs, overrides, stages)
 7. ``cli``
 
@@ -29,7 +29,7 @@ LAYERS = (
     ("data",),
     ("sim",),
     ("train", "sampling"),
-    ("evaluation", "analysis", "feedback", "eval"),
+    ("evaluation", "analysis", "feedback", "parity"),
     ("run",),
     ("cli", "cli_convert", "cli_eval", "eval_cli"),
 )

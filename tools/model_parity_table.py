@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fbjax.models import hf
-from fbjax.models.parity import layout_diffs, sampler_matches_recompute
+from fbjax.parity import layout_diffs, sampler_matches_recompute
 
 GOLDENS = Path(__file__).resolve().parents[1] / "tests" / "goldens" / "hf"
 

@@ -23,7 +23,7 @@ from fbjax.cli_convert import add_convert_parser, run_convert
 from fbjax.models import hf, io
 from fbjax.models.config import Activation, QKNorm, RopeScaling, RopeType, preset
 from fbjax.models.decoder import Decoder, logits
-from fbjax.models.parity import layout_diffs, sampler_matches_recompute
+from fbjax.parity import layout_diffs, sampler_matches_recompute
 
 FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gpt2")
 # Every golden: the five above plus new families and features (tools/make_hf_goldens.py).
