@@ -194,6 +194,12 @@ def _leaf_table(storage: Any) -> dict[str, dict[str, Any]]:
     }
 
 
+def tree_fingerprint(tree: Any) -> str:
+    """One sha256 over the shapes, dtypes and content fingerprints of a tree's arrays: the
+    identity of weights that are not saved (e.g. the frozen base under LoRA adapters)."""
+    return _sha256(_canonical_json(_leaf_table(tree)))
+
+
 def _canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True)
 

@@ -13,9 +13,11 @@ import difflib
 import enum
 import inspect
 import json
+import typing
 from typing import Any, Callable, Mapping, Sequence
 
 from fbjax.models.config import ModelConfig
+from fbjax.models.lora import LoraConfig
 from fbjax.sharding import MeshConfig
 from fbjax.train.objective import Objective
 from fbjax.train.optim import OptimizerConfig
@@ -67,9 +69,18 @@ class ExperimentConfig:
     # Hyperparameters that depend on the data (e.g. KTO's or PMPO's class weights):
     # ``(objective, token groups) -> objective``, applied once the data are loaded.
     adapt: Callable[[Objective, Sequence[Any]], Objective] | None = None
+    # LoRA adapters on the frozen start (fbjax.models.lora); None trains every weight.
+    lora: LoraConfig | None = None
 
 
 # ----------------------------------------------------------------------------- overrides
+
+
+def _unset_section(owner: Any, name: str) -> type | None:
+    """The dataclass of a field declared ``X | None`` (e.g. ``lora``), so that ``--set
+    lora.rank=8`` can switch it on from None with X's defaults."""
+    hint = typing.get_type_hints(type(owner)).get(name)
+    return next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), None)
 
 
 def _field_paths(obj: Any, prefix: str = "") -> list[str]:
@@ -85,8 +96,13 @@ def _field_paths(obj: Any, prefix: str = "") -> list[str]:
             child = f"{prefix}{f.name}"
             if dataclasses.is_dataclass(value):
                 paths.extend(_field_paths(value, child + "."))
+                if _unset_section(obj, f.name) is not None:
+                    paths.append(child)  # ``--set lora=None`` switches it off again
             else:
                 paths.append(child)
+                section = _unset_section(obj, f.name) if value is None else None
+                if section is not None:
+                    paths.extend(_field_paths(section(), child + "."))
     return paths
 
 
@@ -132,6 +148,8 @@ def _set(obj: Any, parts: list[str], text: str, path: str) -> Any:
     field = {f.name: f for f in dataclasses.fields(obj)}[name]
     current = getattr(obj, name)
     if rest:
+        if current is None:
+            current = _unset_section(obj, name)()
         value = _set(current, rest, text, path)
     else:
         value = _parse_value(text, current, field.type, path)
