@@ -214,3 +214,30 @@ def test_peft_adapters_load_in_peft(trained, tmp_path):
     assert np.abs(theirs - ours).max() <= 1e-4
     # The adapters matter at this tolerance: the base alone is far from the trained model.
     assert np.abs(_our_logits(base, tokens) - ours).max() > 1e-2
+
+
+def test_checkpoint_holds_adapters_and_base_identity(mesh, tmp_path):
+    from fbjax import checkpoint
+
+    config = _config(2)
+    groups = random_groups(24, completions=2, vocab=MODEL.vocab_size, seed=1)
+    params = recipes.random_params(config, mesh, 0)
+    ckpt = checkpoint.CheckpointConfig(every_steps=2, async_save=False)
+
+    def run(start):
+        return recipes.train_on_groups(
+            config, groups, start, mesh=mesh, workdir=None, progress=False,
+            checkpointer=checkpoint.RunCheckpointer(tmp_path, ckpt, handle_sigterm=False))
+
+    run(params)
+    saved = checkpoint.read_metadata(tmp_path, 2)["leaves"]
+    param_leaves = [k for k in saved if k.startswith("params/")]
+    assert param_leaves and all(loralib.is_adapter_name(k) for k in param_leaves)
+    assert not any(k.startswith("ref_params/") for k in saved)
+    assert "params/layer_0/attn/q/kernel" not in saved  # the base is not saved
+    identity = checkpoint.read_extras(tmp_path)["reference"]["lora_base"]
+    assert identity == {"init_from": None, "fingerprint": checkpoint.tree_fingerprint(params)}
+    # The same adapters on another base would be a different model: resuming is refused.
+    other = recipes.random_params(config, mesh, 1)
+    with pytest.raises(ValueError, match="holds adapters for the base"):
+        run(other)
