@@ -43,7 +43,7 @@ def save_merged_hf(out_dir: str, config: ModelConfig, base: Any, adapters: Any,
 def _hf_linear_names(config: ModelConfig) -> dict[str, str]:
     """``'layer_0/attn/q/kernel' -> 'model.layers.0.self_attn.q_proj'`` for one-to-one kernels."""
     names = {}
-    for rule in hf._rules(config):  # noqa: SLF001 - the one table of HF names; reused, not copied
+    for rule in hf._rules(config):  # the one table of HF names, reused rather than copied
         if len(rule.paths) == 1 and rule.hf_name.endswith(".weight"):
             names[rule.paths[0]] = rule.hf_name[: -len(".weight")]
     return names

@@ -25,6 +25,7 @@ from tests.train.helpers import random_groups, tiny_llama
 MODEL = tiny_llama(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=64)
 ALL = ("q", "k", "v", "o", "gate", "up", "down")
 MESH_CONFIG = fsh.MeshConfig(shape=(1, 2, 1), rules=fsh.RULES_FSDP)
+LORA = loralib.LoraConfig(rank=4, alpha=8.0, target_modules=ALL)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def mesh():
     return fsh.make_mesh(MESH_CONFIG, jax.devices()[:2])
 
 
-def _config(steps, lora=loralib.LoraConfig(rank=4, alpha=8.0, target_modules=ALL), lr=1e-2):
+def _config(steps, lora=LORA, lr=1e-2):
     return ExperimentConfig(
         name="dpo-lora", model=MODEL, objective=presets.dpo(),
         optimizer=OptimizerConfig(learning_rate=lr, schedule="constant"),
@@ -80,7 +81,7 @@ def test_step0_dpo_loss_is_ln2_with_base_as_reference(mesh):
 
 
 def test_optimizer_state_covers_only_the_adapters(trained):
-    base, result = trained
+    _, result = trained
     adapters = result.state.params
     n_adapter = sum(x.size for x in jax.tree.leaves(adapters))
     # rank 4 on 7 projections of 2 layers: A [in, 4] + B [4, out] each.
