@@ -79,7 +79,10 @@ class ExperimentConfig:
 def _unset_section(owner: Any, name: str) -> type | None:
     """The dataclass of a field declared ``X | None`` (e.g. ``lora``), so that ``--set
     lora.rank=8`` can switch it on from None with X's defaults."""
-    hint = typing.get_type_hints(type(owner)).get(name)
+    try:
+        hint = typing.get_type_hints(type(owner)).get(name)
+    except (NameError, TypeError):  # annotations that do not resolve at run time: no section
+        return None
     return next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), None)
 
 
