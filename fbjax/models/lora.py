@@ -183,7 +183,3 @@ def merge(base: Mapping[str, Any], adapters: Mapping[str, Any], config: LoraConf
                   config.scale)
         out[name] = (kernel.astype(jnp.float32) + d).astype(kernel.dtype)
     return out
-
-
-def adapter_bytes(adapters: Any) -> int:
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(adapters))
