@@ -40,7 +40,7 @@ clock decides, any process's SIGTERM counts); see :meth:`Manager.should_save` an
 
 from fbjax.checkpoint.config import CheckpointConfig
 from fbjax.checkpoint.errors import CheckpointError
-from fbjax.checkpoint.integrity import MARKER
+from fbjax.checkpoint.integrity import MARKER, tree_fingerprint
 from fbjax.checkpoint.manager import Manager, open, save  # noqa: F401 - ``checkpoint.open``
 from fbjax.checkpoint.preemption import PreemptionFlag, install_preemption_handler
 from fbjax.checkpoint.restore import (
@@ -60,5 +60,5 @@ __all__ = [
     "MARKER", "CheckpointConfig", "CheckpointError", "Manager", "PreemptionFlag",
     "RunCheckpointer", "config_changes", "install_preemption_handler", "list_steps",
     "read_extras", "read_metadata", "restore_at", "restore_latest", "restore_params", "save",
-    "step_status", "verify_step",
+    "step_status", "tree_fingerprint", "verify_step",
 ]

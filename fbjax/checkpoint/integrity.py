@@ -113,6 +113,12 @@ def leaf_table(storage: Any) -> tuple[dict[str, dict[str, Any]], dict[str, int]]
     return table, nonfinite
 
 
+def tree_fingerprint(tree: Any) -> str:
+    """One sha256 over the shapes, dtypes and content fingerprints of a tree's arrays: the
+    identity of weights that are not saved (e.g. the frozen base under LoRA adapters)."""
+    return sha256(canonical_json(leaf_table(tree)[0]))
+
+
 def describe_nonfinite(nonfinite: Mapping[str, int]) -> str:
     """``params/a (3 values), ...`` for the first few leaves holding NaN/Inf."""
     items = sorted(nonfinite.items())

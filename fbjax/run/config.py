@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 from fbjax import sampling
 from fbjax.checkpoint import CheckpointConfig
 from fbjax.models.config import ModelConfig
+from fbjax.models.lora import LoraConfig
 from fbjax.sharding import MeshConfig
 from fbjax.train.config import TrainConfig
 from fbjax.train.nonfinite import NonFinitePolicy
@@ -179,6 +180,9 @@ class ExperimentConfig:
     seed: int = 0
     mesh: MeshConfig = MeshConfig()
     checkpoint: CheckpointConfig = CheckpointConfig(every_steps=50, keep=2)
+    # LoRA adapters on the frozen start of every training stage (fbjax.models.lora;
+    # ``--set lora.rank=8`` switches it on); None trains every weight.
+    lora: LoraConfig | None = None
     # What a non-finite step does: halt (max_rollbacks=0), or roll back and lower the rate.
     nonfinite: NonFinitePolicy = NonFinitePolicy()
     # A resumed stage refuses a config that differs from its checkpoint's unless this is set.

@@ -223,15 +223,27 @@ def train_stage(ctx: Run, stage: TrainStage) -> Trained:
                 reference if stage.head is None else None)
 
 
+def _lora_for(config: ExperimentConfig, stage) -> Any:
+    """``config.lora`` where the stage adapts trained weights (a stage's result, or a checkpoint
+    ``init_from`` names); not for a random start (the simulator's SFT) nor a new reward head,
+    which adapters on frozen weights could not train."""
+    pretrained = stage.start is not None or config.init_from is not None
+    if config.lora is None or not pretrained or getattr(stage, "head", None) is not None:
+        return None
+    return config.lora
+
+
 def _fit(ctx: Run, stage, resolved, stage_dir: str, model, params, groups,
          reference) -> Trained:
     """Trains ``resolved.objective`` on ``groups`` from ``params``, checkpointed and logged in
     ``stage_dir``: the part every training stage (offline, or one online round) shares."""
+    lora = _lora_for(ctx.config, stage)
     config = ctx.config
     objective = resolved.objective
     job = TrainJob(name=stage.name, model=model, objective=objective,
                    optimizer=stage.optimizer, train=stage.train, rules=config.mesh.rules,
-                   seed=config.seed, nonfinite=config.nonfinite)
+                   seed=config.seed, nonfinite=config.nonfinite,
+                   lora=lora, init_from=config.init_from)
     checkpointer = checkpoint.RunCheckpointer(
         os.path.join(stage_dir, "checkpoints"), config.checkpoint,
         allow_config_change=config.allow_config_change,
@@ -272,7 +284,9 @@ def _fit(ctx: Run, stage, resolved, stage_dir: str, model, params, groups,
                         on_start=lambda step: _rewrite_history(history_path, step))
     history = _history(history_path, int(result.state.step)) if jax.process_index() == 0 \
         else logged
-    return Trained(model=model, params=result.state.params, history=history,
+    # With LoRA the stage's result is the base with its adapters merged: what later stages start
+    # from, sample and evaluate.
+    return Trained(model=model, params=result.policy_params(), history=history,
                    examples=len(groups), seconds=time.perf_counter() - t0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from fbjax.models.lora import LoraConfig
 from fbjax.train.nonfinite import NonFinitePolicy
 
 # One vocabulary chunk for the log-softmax everywhere (training, reference cache, evaluation):
@@ -62,3 +63,7 @@ class TrainJob:
     rules: Any
     seed: int = 0
     nonfinite: NonFinitePolicy = NonFinitePolicy()
+    # LoRA adapters on the frozen start (fbjax.models.lora); None trains every weight.
+    lora: LoraConfig | None = None
+    # Where the start came from: with LoRA, the identity of the base the adapters belong to.
+    init_from: str | None = None

@@ -21,7 +21,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from fbjax import sharding as fsh
+from fbjax.models import lora as lora_lib
 from fbjax.models.decoder import Decoder
+from fbjax.models.lora import LoraConfig
 from fbjax.train import step as steplib
 from fbjax.train.config import TrainJob
 from fbjax.train.nonfinite import NonFiniteLossError
@@ -57,11 +59,22 @@ def _nonfinite_error(config: TrainJob, step: int, metrics: dict, lr_scale: float
 
 @dataclasses.dataclass
 class RunResult:
+    """What a run leaves. With LoRA, ``state.params`` holds only the adapters and ``base`` the
+    frozen weights: use :meth:`policy_params` for the trained model's full (merged) weights."""
+
     state: TrainState
     history: list[dict[str, float]]
     wall_seconds: float
     model: Decoder
     mesh: Mesh
+    base: Any = None
+    lora: LoraConfig | None = None
+
+    def policy_params(self) -> Any:
+        """The trained policy as plain decoder parameters (adapters merged into the base)."""
+        if self.lora is None:
+            return self.state.params
+        return jax.jit(lora_lib.merge, static_argnums=2)(self.base, self.state.params, self.lora)
 
 
 def global_batch(host_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
@@ -145,9 +158,13 @@ def train(
     # Batches that carry precomputed reference log-probs (fbjax.train.reference) need no
     # reference forward, so no reference parameters are kept on device.
     cached_reference = "ref_logps" in getattr(getattr(stream, "spec", None), "fields", ())
+    lora, base = config.lora, None
+    if lora is not None:
+        base, params = params, _lora_start(config, params, reference_params, mesh)
+        reference_params = None  # the base with the adapters off is the reference
     if cached_reference:
         reference_params = None
-    elif objective.needs_reference and reference_params is None:
+    elif objective.needs_reference and reference_params is None and lora is None:
         reference_params = params  # the usual choice: the starting policy
     state, state_sharding = steplib.create_state(
         params,
@@ -159,12 +176,15 @@ def train(
         rules=config.rules,
         reference_params=reference_params if objective.needs_reference and not cached_reference
         else None,
+        lora=lora,
     )
     policy = config.nonfinite
     tb = _TensorBoard(None)
     bar = None
     try:
         if checkpointer is not None:
+            if lora is not None:
+                _bind_lora_base(checkpointer, config, base)
             state = checkpointer.restore(state, state_sharding, stream)
         run_info = dict(checkpointer.run_info) if checkpointer is not None else {}
         lr_scale = float(run_info.get("lr_scale", 1.0))
@@ -216,6 +236,8 @@ def train(
                     batch_sharding={k: v.sharding for k, v in batch.items()},
                     microbatches=tc.microbatches,
                     chunk_size=tc.logprob_chunk,
+                    lora=lora,
+                    base=base,
                 )
             state, metrics = step_fn(state, batch)
             metrics = jax.device_get(metrics)
@@ -294,7 +316,38 @@ def train(
         tb.close()
         if checkpointer is not None:
             checkpointer.close()
-    return RunResult(state, history, time.perf_counter() - t0, model, mesh)
+    return RunResult(state, history, time.perf_counter() - t0, model, mesh, base, lora)
+
+
+def _lora_start(config: TrainJob, params: Any, reference_params: Any, mesh: Mesh) -> Any:
+    """Fresh adapters for ``params`` (the frozen base), after checking the run can use them."""
+    if config.model.reward_head:
+        raise ValueError(
+            f"{config.name}: lora with model.reward_head=True would leave the new scalar head "
+            "frozen at its random initialisation; train reward models without lora")
+    if reference_params is not None and reference_params is not params:
+        raise ValueError(
+            f"{config.name}: with lora the frozen base (the starting params) is the reference; "
+            "a different reference_params is not supported")
+    rng = jax.random.fold_in(jax.random.key(config.seed), 0x10AA)
+    return steplib.init_adapters(Decoder(config.model), config.lora, rng, mesh, config.rules)
+
+
+def _bind_lora_base(checkpointer: Any, config: TrainJob, base: Any) -> None:
+    """Checkpoints of a LoRA run hold the adapters and, in their extras, the identity of the
+    base they adapt (where it came from and a content fingerprint). Resuming on another base
+    is refused: the adapters would be meaningless on it."""
+    from fbjax import checkpoint
+
+    identity = {"init_from": config.init_from, "fingerprint": checkpoint.tree_fingerprint(base)}
+    checkpointer.reference = {**(checkpointer.reference or {}), "lora_base": identity}
+    if not checkpoint.list_steps(checkpointer.manager):
+        return
+    saved = (checkpoint.read_extras(checkpointer.manager).get("reference") or {}).get("lora_base")
+    if saved is not None and saved["fingerprint"] != identity["fingerprint"]:
+        raise ValueError(
+            f"{config.name}: the checkpoint in {checkpointer.manager.directory} holds adapters "
+            f"for the base {saved}, but this run's base is {identity}")
 
 
 def write_summary(workdir: str, values: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fbjax import sharding as fsh
 from fbjax.models.config import ModelConfig
+from fbjax.models import lora as loralib
 from fbjax.models.decoder import Decoder, has_lm_head, output_projection, token_rewards
 from fbjax.objectives import logprobs
 from fbjax.train.objective import Objective, SequenceStats, apply_objective
@@ -31,18 +32,21 @@ Metrics = dict[str, tuple[Array, Array]]
 TOKEN_KEYS = ("tokens", "positions", "segment_ids", "branch_ids", "predictor", "loss_mask", "slot_ids")
 # Slot-level keys the step itself consumes; every other slot-level key is handed to the objective.
 _STEP_SLOT_KEYS = ("slot_valid", "ref_logps")
+# Folded into a microbatch's key for LoRA dropout, so the objective's own draws are unchanged.
+_LORA_DROPOUT_STREAM = 0x10AA
 
 
 # ----------------------------------------------------------------------------- forward passes
 
 
-def hidden_states(model: Decoder, params: Any, batch: Batch) -> Array:
+def hidden_states(model: Decoder, params: Any, batch: Batch, rngs: Any = None) -> Array:
     hidden, _ = model.apply(
         {"params": params},
         batch["tokens"],
         batch["positions"],
         batch["segment_ids"],
         batch["branch_ids"],
+        rngs=rngs or {},
     )
     return hidden
 
@@ -82,11 +86,17 @@ def sequence_stats(
     need_reference: bool,
     chunk_size: int,
     need_distributions: bool = False,
+    reference_model: Decoder | None = None,
+    rngs: Any = None,
 ) -> SequenceStats:
-    """Per-token and per-completion statistics of a batch (docs/batch_layout.md)."""
+    """Per-token and per-completion statistics of a batch (docs/batch_layout.md).
+
+    ``reference_model`` (default ``model``) runs ``ref_params``: with LoRA the policy is the
+    adapted model and the reference the plain decoder on the base weights.
+    """
     mask = batch["loss_mask"].astype(jnp.float32)
     num_slots = batch["slot_valid"].shape[1]
-    hidden = hidden_states(model, params, batch)
+    hidden = hidden_states(model, params, batch, rngs)
     if has_lm_head(model.config):
         tok = _token_logps_from_hidden(model, params, hidden, batch, chunk_size=chunk_size)
     else:  # a reward model: train_step admits only layouts that read the rewards
@@ -105,7 +115,7 @@ def sequence_stats(
             ref_seq = batch["ref_logps"].reshape(-1).astype(jnp.float32)
         else:
             ref_tok = jax.lax.stop_gradient(
-                token_logps(model, ref_params, batch, chunk_size=chunk_size)
+                token_logps(reference_model or model, ref_params, batch, chunk_size=chunk_size)
             )
             ref_seq = logprobs.sequence_sums(ref_tok, mask, batch["slot_ids"], num_slots).reshape(-1)
     fields = {
@@ -166,6 +176,8 @@ def train_step(
     optimizer: optax.GradientTransformation,
     microbatches: int = 1,
     chunk_size: int = 8192,
+    lora: loralib.LoraConfig | None = None,
+    base: Any = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer update. Returns metrics as ``name -> (sum, count)``.
 
@@ -174,6 +186,10 @@ def train_step(
     A non-finite loss or gradient, or an update that makes any parameter or optimizer-state
     value non-finite (``nonfinite_update`` = 1), leaves the state unchanged (``nonfinite`` metric
     = 1); the loop turns that into an error naming the step, or a rollback.
+
+    With ``lora``, ``state.params`` holds only the adapters and ``base`` the frozen weights
+    (an argument, not state: it is neither optimized nor checkpointed). The base alone, i.e.
+    the adapters switched off, is the reference, so no second copy of the weights exists.
     """
     if not has_lm_head(model.config) and not objective.reads_rewards:
         raise ValueError(
@@ -183,10 +199,17 @@ def train_step(
     rng = jax.random.fold_in(state.rng, state.step)
     need_ref = objective.needs_reference_logps
 
+    policy_model = model if lora is None else loralib.adapted(model, lora)
+
     def loss_fn(params, micro, obj_state, micro_rng):
+        ref_params, rngs = state.ref_params, None
+        if lora is not None:
+            params, ref_params = loralib.combine(base, params), base
+            rngs = {"dropout": jax.random.fold_in(micro_rng, _LORA_DROPOUT_STREAM)}
         stats = sequence_stats(
-            model, params, state.ref_params, micro, need_reference=need_ref, chunk_size=chunk_size,
-            need_distributions=objective.reads_distributions,
+            policy_model, params, ref_params, micro, need_reference=need_ref,
+            chunk_size=chunk_size, need_distributions=objective.reads_distributions,
+            reference_model=model, rngs=rngs,
         )
         loss_sum, count, metric_sums, new_obj_state = apply_objective(
             objective, stats, obj_state, micro_rng
@@ -270,6 +293,25 @@ def init_params(model: Decoder, rng: Array, mesh: Mesh, rules: fsh.Rules) -> Any
     return fn(rng)
 
 
+def adapters_boxed(model: Decoder, lora: loralib.LoraConfig, rng: Array) -> Any:
+    """The LoRA adapters of ``model``, boxed with their logical axes (the base is not kept)."""
+    full = init_params_boxed(loralib.adapted(model, lora), rng)
+    adapters = loralib.split(full)[1]
+    loralib.check_targets(nn.unbox(adapters), lora, model.config.family.value)
+    return adapters
+
+
+def init_adapters(
+    model: Decoder, lora: loralib.LoraConfig, rng: Array, mesh: Mesh, rules: fsh.Rules
+) -> Any:
+    """Fresh adapters (``B = 0``) with their shardings. The base's initialisation is traced but
+    not returned, so XLA drops it: no second copy of the base is allocated."""
+    shardings = fsh.tree_shardings(
+        mesh, rules, jax.eval_shape(lambda r: adapters_boxed(model, lora, r), rng))
+    fn = jax.jit(lambda r: nn.unbox(adapters_boxed(model, lora, r)), out_shardings=shardings)
+    return fn(rng)
+
+
 def state_shardings(
     model: Decoder,
     optimizer: optax.GradientTransformation,
@@ -278,11 +320,17 @@ def state_shardings(
     rules: fsh.Rules,
     *,
     with_reference: bool,
+    lora: loralib.LoraConfig | None = None,
 ) -> TrainState:
-    """Shardings of every TrainState leaf, derived from the model's logical axis names."""
+    """Shardings of every TrainState leaf, derived from the model's logical axis names.
+
+    With ``lora`` the params (and the optimizer state) are the adapters only."""
 
     def boxed_state():
-        params = init_params_boxed(model, jax.random.key(0))
+        if lora is None:
+            params = init_params_boxed(model, jax.random.key(0))
+        else:
+            params = adapters_boxed(model, lora, jax.random.key(0))
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -305,14 +353,20 @@ def create_state(
     mesh: Mesh,
     rules: fsh.Rules,
     reference_params: Any = None,
+    lora: loralib.LoraConfig | None = None,
 ) -> tuple[TrainState, TrainState]:
     """A fresh TrainState around ``params`` and its shardings.
 
     ``reference_params`` (usually the starting params) is kept only when the objective needs a
-    reference and the batches will not carry precomputed reference log-probs.
+    reference and the batches will not carry precomputed reference log-probs. With ``lora``,
+    ``params`` are the adapters (:func:`init_adapters`) and ``reference_params`` must be None:
+    the frozen base is the reference.
     """
+    if lora is not None and reference_params is not None:
+        raise ValueError("with lora the frozen base is the reference; pass reference_params=None")
     with_ref = reference_params is not None
-    shardings = state_shardings(model, optimizer, objective, mesh, rules, with_reference=with_ref)
+    shardings = state_shardings(model, optimizer, objective, mesh, rules, with_reference=with_ref,
+                                lora=lora)
 
     def build(params, ref, rng):
         return TrainState(
@@ -343,8 +397,14 @@ def make_train_step(
     batch_sharding: dict[str, NamedSharding],
     microbatches: int = 1,
     chunk_size: int = 8192,
+    lora: loralib.LoraConfig | None = None,
+    base: Any = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """``train_step`` jitted with explicit in/out shardings and the state donated."""
+    """``train_step`` jitted with explicit in/out shardings and the state donated.
+
+    With ``lora``, ``base`` (the frozen weights, with :func:`param_shardings`) is passed to
+    every call as a non-donated argument; the returned function still takes ``(state, batch)``
+    and has ``.lower(state, batch)`` for inspecting the compiled step."""
     step = functools.partial(
         train_step,
         model=model,
@@ -352,21 +412,39 @@ def make_train_step(
         optimizer=optimizer,
         microbatches=microbatches,
         chunk_size=chunk_size,
+        lora=lora,
     )
 
-    def traced(state, batch):
+    def traced(state, batch, *base):
         # The rules and mesh are bound here, at trace time, for the model's activation
         # constraints; nothing ambient survives outside this function.
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
-            return step(state, batch)
+            return step(state, batch, base=base[0] if base else None)
 
     replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(
+    in_shardings = (state_sharding, batch_sharding)
+    if lora is not None:
+        in_shardings += (param_shardings(model, mesh, rules),)
+    jitted = jax.jit(
         traced,
-        in_shardings=(state_sharding, batch_sharding),
+        in_shardings=in_shardings,
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
     )
+    return jitted if lora is None else _BoundStep(jitted, base)
+
+
+class _BoundStep:
+    """The jitted step with the frozen base (or None) bound as its third argument."""
+
+    def __init__(self, jitted, base):
+        self.jitted, self.base = jitted, base
+
+    def __call__(self, state, batch):
+        return self.jitted(state, batch, self.base)
+
+    def lower(self, state, batch):
+        return self.jitted.lower(state, batch, self.base)
 
 
 def metric_values(metrics: dict[str, tuple[Any, Any]]) -> dict[str, float]:
