@@ -81,8 +81,9 @@ def test_sigkill_midway_then_same_command_gives_the_same_numbers(tmp_path):
     workdir = tmp_path / "killed"
     sft_root = workdir / "sft" / "checkpoints"
     proc, log = _start(workdir, cache)
+    # Once a checkpoint of SFT is complete (committed, not just written).
     _kill_when(proc, log, lambda: sft_root.is_dir() and any(
-        n.isdigit() and int(n) >= 100 for n in os.listdir(sft_root)))
+        s >= 100 for s in ck.list_steps(sft_root)))
     steps = ck.list_steps(sft_root)
     assert steps and max(steps) < 400  # killed in the middle of SFT
 

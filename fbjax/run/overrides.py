@@ -74,11 +74,14 @@ def _paths(obj: Any, prefix: str = "") -> list[str]:
             for s in value:
                 out.extend(_paths(s, f"{child}.{s.name}."))
             continue
-        if value is None and _optional_dataclass(hints.get(f.name)) is not None:
-            value = _optional_dataclass(hints[f.name])()
+        optional = _optional_dataclass(hints.get(f.name))
+        if optional is not None:
+            out.append(child)  # ``--set lora=None`` switches an optional section off
+            if value is None:
+                value = optional()
         if dataclasses.is_dataclass(value) or isinstance(value, Objective):
             out.extend(_paths(value, child + "."))
-        else:
+        elif optional is None:
             out.append(child)
     return out
 
@@ -190,6 +193,12 @@ def _apply(obj: Any, items: list[tuple[list[str], str, str]]) -> Any:
             (_, text, path), *more = leaves
             if more:
                 raise OverrideError(f"--set {path} is given more than once")
+            if _optional_dataclass(hints.get(name)) is not None:
+                if text not in ("None", "null"):
+                    raise OverrideError(f"--set {path}={text!r}: only None switches it off; set "
+                                        f"its fields to switch it on, e.g. {path}.<field>=...")
+                changes[name] = None
+                continue
             if dataclasses.is_dataclass(current) or isinstance(current, Objective):
                 raise OverrideError(f"--set {path}: set its fields, e.g. "
                                     f"{_paths(current, path + '.')[0]}")

@@ -12,9 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fbjax import recipes
 from fbjax import sharding as fsh
-from fbjax.config import ExperimentConfig, TrainConfig, apply_overrides
+from fbjax.run.config import single
+from fbjax.run.overrides import apply_overrides
+from fbjax.run.start import random_params
+from fbjax.train.config import TrainConfig, TrainJob
+from fbjax.train.stream import train_on_groups
 from fbjax.models import hf, peft
 from fbjax.models import lora as loralib
 from fbjax.models.decoder import Decoder, Dense, logits
@@ -34,19 +37,18 @@ def mesh():
 
 
 def _config(steps, lora=LORA, lr=1e-2):
-    return ExperimentConfig(
+    return TrainJob(
         name="dpo-lora", model=MODEL, objective=presets.dpo(),
         optimizer=OptimizerConfig(learning_rate=lr, schedule="constant"),
-        train=TrainConfig(steps=steps, batch_rows=4, seq_len=64, slots_per_row=8, log_every=1),
-        mesh=MESH_CONFIG, lora=lora,
+        train=TrainConfig(steps=steps, batch=4, seq_len=64, slots_per_row=8, log_every=1),
+        rules=MESH_CONFIG.rules, lora=lora,
     )
 
 
 def _run(config, mesh, **kwargs):
     groups = random_groups(24, completions=2, vocab=MODEL.vocab_size, seed=1)
-    params = recipes.random_params(config, mesh, 0)
-    return params, recipes.train_on_groups(config, groups, params, mesh=mesh, workdir=None,
-                                           progress=False, **kwargs)
+    params = random_params(config.model, mesh, config.rules, 0)
+    return params, train_on_groups(config, groups, params, mesh=mesh, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +165,7 @@ def test_hand_computed_adapter_on_one_projection():
 
 
 def test_set_lora_on_any_experiment():
-    base = _config(1, lora=None)
+    base = single(name="t", model=MODEL, objective=presets.dpo(), data=None)
     config = apply_overrides(base, ["lora.rank=16", "lora.target_modules=['q','k','v','o']"])
     assert config.lora == loralib.LoraConfig(rank=16, target_modules=("q", "k", "v", "o"))
     assert apply_overrides(config, ["lora=None"]).lora is None
@@ -222,12 +224,12 @@ def test_checkpoint_holds_adapters_and_base_identity(mesh, tmp_path):
 
     config = _config(2)
     groups = random_groups(24, completions=2, vocab=MODEL.vocab_size, seed=1)
-    params = recipes.random_params(config, mesh, 0)
+    params = random_params(config.model, mesh, config.rules, 0)
     ckpt = checkpoint.CheckpointConfig(every_steps=2, async_save=False)
 
     def run(start):
-        return recipes.train_on_groups(
-            config, groups, start, mesh=mesh, workdir=None, progress=False,
+        return train_on_groups(
+            config, groups, start, mesh=mesh,
             checkpointer=checkpoint.RunCheckpointer(tmp_path, ckpt, handle_sigterm=False))
 
     run(params)
@@ -239,6 +241,6 @@ def test_checkpoint_holds_adapters_and_base_identity(mesh, tmp_path):
     identity = checkpoint.read_extras(tmp_path)["reference"]["lora_base"]
     assert identity == {"init_from": None, "fingerprint": checkpoint.tree_fingerprint(params)}
     # The same adapters on another base would be a different model: resuming is refused.
-    other = recipes.random_params(config, mesh, 1)
+    other = random_params(config.model, mesh, config.rules, 1)
     with pytest.raises(ValueError, match="holds adapters for the base"):
         run(other)
