@@ -11,7 +11,6 @@ cache, so every run after the first skips compiling (cached executables are the 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from pathlib import Path
