@@ -35,6 +35,14 @@ class Positions(str, enum.Enum):
     LEARNED = "learned"
 
 
+class AttentionImpl(str, enum.Enum):
+    """How attention is computed (``fbjax.models.attention``); all give the same values."""
+
+    AUTO = "auto"  # a kernel on TPU/GPU where it covers the mask, else blockwise (dense if short)
+    DENSE = "dense"  # the reference: [B, H, T, S] scores, memory quadratic in the row length
+    BLOCKWISE = "blockwise"  # online softmax over live key blocks, memory linear in the row
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """Shape and architecture of a decoder-only transformer.
@@ -68,6 +76,10 @@ class ModelConfig:
     # Gemma multiplies token embeddings by sqrt(hidden_size) before the first layer.
     scale_embeddings: bool = False
     sliding_window: int | None = None
+    attention_impl: AttentionImpl = AttentionImpl.AUTO
+    # Query/key block of the blockwise path (and the kernels); rows up to this long use dense
+    # attention under "auto".
+    attention_block_size: int = 512
     dtype: str = "float32"
     param_dtype: str = "float32"
     # "none" | "block" (checkpoint each decoder block) | "dots" (save matmul outputs only).
@@ -87,7 +99,8 @@ class ModelConfig:
                     f"model.family={self.family!r} is not a supported family; "
                     f"choose one of {[f.value for f in Family]}"
                 ) from None
-        for name, kind in (("norm", Norm), ("activation", Activation), ("positions", Positions)):
+        for name, kind in (("norm", Norm), ("activation", Activation), ("positions", Positions),
+                           ("attention_impl", AttentionImpl)):
             value = getattr(self, name)
             if not isinstance(value, kind):
                 try:
@@ -101,6 +114,11 @@ class ModelConfig:
             raise ValueError(
                 f"model.num_heads={self.num_heads} must be a multiple of "
                 f"model.num_kv_heads={self.num_kv_heads}"
+            )
+        if self.attention_block_size < 8 or self.attention_block_size % 8:
+            raise ValueError(
+                f"model.attention_block_size={self.attention_block_size} must be a positive "
+                "multiple of 8"
             )
         if self.remat not in ("none", "block", "dots"):
             raise ValueError(f"model.remat={self.remat!r}; choose 'none', 'block' or 'dots'")

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fbjax.models.attention import attend, attention_mask, dense_attention
 from fbjax.models.config import Activation, ModelConfig, Norm, Positions
 
 Array = jax.Array
@@ -57,32 +58,6 @@ def init_cache(config: ModelConfig, batch_size: int, max_len: int) -> DecodeCach
     )
     zeros = jnp.zeros((batch_size, max_len), jnp.int32)
     return DecodeCache(layers, zeros, zeros, jnp.zeros((), jnp.int32))
-
-
-def attention_mask(
-    q_index: Array,
-    k_index: Array,
-    q_segment: Array,
-    k_segment: Array,
-    q_branch: Array,
-    k_branch: Array,
-    q_pos: Array,
-    k_pos: Array,
-    sliding_window: int | None,
-) -> Array:
-    """Boolean ``[B, 1, T, S]`` mask: True where query t may attend to key s.
-
-    Indices are slots in the row (causality follows the row order, which is what makes a
-    prefix-shared row ``[prompt][chosen][rejected]`` work: rejected comes after chosen in the
-    row but is kept from seeing it by the branch rule).
-    """
-    causal = k_index[:, None, :] <= q_index[:, :, None]
-    same_segment = q_segment[:, :, None] == k_segment[:, None, :]
-    branch_ok = (k_branch[:, None, :] == 0) | (k_branch[:, None, :] == q_branch[:, :, None])
-    mask = causal & same_segment & branch_ok
-    if sliding_window is not None:
-        mask &= (q_pos[:, :, None] - k_pos[:, None, :]) < sliding_window
-    return mask[:, None, :, :]
 
 
 def rope(x: Array, positions: Array, theta: float) -> Array:
@@ -209,10 +184,12 @@ class Attention(nn.Module):
             q = rope(q, positions, cfg.rope_theta)
             k = rope(k, positions, cfg.rope_theta)
 
+        scale = 1.0 / math.sqrt(hd)
         if cache is None:
-            mask = attention_mask(
-                meta["q_index"], meta["q_index"], segment_ids, segment_ids,
-                branch_ids, branch_ids, positions, positions, cfg.sliding_window,
+            out = attend(
+                q, k, v, segment_ids=segment_ids, branch_ids=branch_ids, positions=positions,
+                scale=scale, sliding_window=cfg.sliding_window,
+                implementation=cfg.attention_impl, block_size=cfg.attention_block_size,
             )
             new_cache = None
         else:
@@ -220,12 +197,10 @@ class Attention(nn.Module):
             k_all = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), index, 1)
             v_all = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), index, 1)
             new_cache = LayerCache(k_all, v_all)
-            k, v = k_all, v_all
-            mask = meta["cache_mask"]
-
-        out = jax.nn.dot_product_attention(
-            q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, scale=1.0 / math.sqrt(hd)
-        )
+            out = dense_attention(
+                q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=meta["cache_mask"],
+                scale=scale,
+            )
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         y = _dense(cfg, (cfg.num_heads, hd), cfg.hidden_size, ("heads", "head_dim", "embed"),
                    cfg.out_bias, "o")(out)
@@ -315,9 +290,7 @@ class Decoder(nn.Module):
 
         batch, length = tokens.shape
         meta: dict[str, Array] = {}
-        if cache is None:
-            meta["q_index"] = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-        else:
+        if cache is not None:
             q_index = cache.index + jnp.arange(length, dtype=jnp.int32)
             seg_all = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, cache.index, 1)
             pos_all = jax.lax.dynamic_update_slice_in_dim(cache.positions, positions, cache.index, 1)
