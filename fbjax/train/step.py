@@ -48,18 +48,25 @@ def hidden_states(model: Decoder, params: Any, batch: Batch) -> Array:
 
 
 def _token_logps_from_hidden(
-    model: Decoder, params: Any, hidden: Array, batch: Batch, *, chunk_size: int
+    model: Decoder, params: Any, hidden: Array, batch: Batch, *, chunk_size: int,
+    max_scored: int | None,
 ) -> Array:
     w = output_projection(params, model.config)
     return logprobs.token_logps(
-        hidden, w, batch["tokens"], batch["predictor"], chunk_size=chunk_size
+        hidden, w, batch["tokens"], batch["predictor"], chunk_size=chunk_size,
+        loss_mask_BxL=batch["loss_mask"], max_scored=max_scored,
     )
 
 
-def token_logps(model: Decoder, params: Any, batch: Batch, *, chunk_size: int) -> Array:
-    """``[B, L]`` float32 log-probs of each token under ``params`` (vocab-chunked)."""
+def token_logps(
+    model: Decoder, params: Any, batch: Batch, *, chunk_size: int, max_scored: int | None = None
+) -> Array:
+    """``[B, L]`` float32 log-probs of the scored tokens under ``params`` (vocab-chunked; 0
+    where ``loss_mask`` is 0; the LM head runs at most ``max_scored`` positions a row)."""
     hidden = hidden_states(model, params, batch)
-    return _token_logps_from_hidden(model, params, hidden, batch, chunk_size=chunk_size)
+    return _token_logps_from_hidden(
+        model, params, hidden, batch, chunk_size=chunk_size, max_scored=max_scored
+    )
 
 
 def last_token_mask(batch: Batch) -> Array:
@@ -80,13 +87,16 @@ def sequence_stats(
     *,
     need_reference: bool,
     chunk_size: int,
+    max_scored: int | None = None,
 ) -> SequenceStats:
     """Per-token and per-completion statistics of a batch (docs/batch_layout.md)."""
     mask = batch["loss_mask"].astype(jnp.float32)
     num_slots = batch["slot_valid"].shape[1]
     hidden = hidden_states(model, params, batch)
     if has_lm_head(model.config):
-        tok = _token_logps_from_hidden(model, params, hidden, batch, chunk_size=chunk_size)
+        tok = _token_logps_from_hidden(
+            model, params, hidden, batch, chunk_size=chunk_size, max_scored=max_scored
+        )
     else:  # a reward model: train_step admits only layouts that read the rewards
         tok = jnp.zeros(mask.shape, jnp.float32)
     rewards = None
@@ -103,7 +113,8 @@ def sequence_stats(
             ref_seq = batch["ref_logps"].reshape(-1).astype(jnp.float32)
         else:
             ref_tok = jax.lax.stop_gradient(
-                token_logps(model, ref_params, batch, chunk_size=chunk_size)
+                token_logps(model, ref_params, batch, chunk_size=chunk_size,
+                            max_scored=max_scored)
             )
             ref_seq = logprobs.sequence_sums(ref_tok, mask, batch["slot_ids"], num_slots).reshape(-1)
     fields = {
@@ -147,8 +158,13 @@ def train_step(
     optimizer: optax.GradientTransformation,
     microbatches: int = 1,
     chunk_size: int = 8192,
+    max_scored: int | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer update. Returns metrics as ``name -> (sum, count)``.
+
+    ``max_scored`` bounds the scored positions of a row (``logprobs.max_scored_bound``): the LM
+    head then runs only at those positions' predictors (a row over the bound falls back to all
+    positions, with equal results). None runs it at every position.
 
     Gradients are of the *summed* loss, divided once by the total example weight, so
     accumulating microbatches (or adding hosts) gives exactly the large-batch gradient.
@@ -165,7 +181,8 @@ def train_step(
 
     def loss_fn(params, micro, obj_state, micro_rng):
         stats = sequence_stats(
-            model, params, state.ref_params, micro, need_reference=need_ref, chunk_size=chunk_size
+            model, params, state.ref_params, micro, need_reference=need_ref, chunk_size=chunk_size,
+            max_scored=max_scored,
         )
         loss_sum, count, metric_sums, new_obj_state = apply_objective(
             objective, stats, obj_state, micro_rng
@@ -318,6 +335,7 @@ def make_train_step(
     batch_sharding: dict[str, NamedSharding],
     microbatches: int = 1,
     chunk_size: int = 8192,
+    max_scored: int | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """``train_step`` jitted with explicit in/out shardings and the state donated."""
     step = functools.partial(
@@ -327,6 +345,7 @@ def make_train_step(
         optimizer=optimizer,
         microbatches=microbatches,
         chunk_size=chunk_size,
+        max_scored=max_scored,
     )
 
     def traced(state, batch):
