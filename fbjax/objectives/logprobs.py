@@ -142,6 +142,12 @@ def max_scored_bound(loss_mask_BxL, *, multiple: int = 128) -> int:
 
 
 def sequence_sums(values_BxL: Array, mask_BxL: Array, slot_ids_BxL: Array, num_slots: int) -> Array:
-    """Per-slot sums ``[B, K]`` of ``values * mask`` (a one-hot contraction, local to each row)."""
-    onehot = jax.nn.one_hot(slot_ids_BxL, num_slots, dtype=jnp.float32)
-    return jnp.einsum("bl,blk->bk", values_BxL * mask_BxL, onehot)
+    """Per-slot sums ``[B, K]`` of ``values * mask``, a scatter-add local to each row.
+
+    (A one-hot contraction would build ``[B, L, K]``; K grows with the row in packed layouts,
+    which made that term quadratic in the row length.)
+    """
+    def row(values, slots):
+        return jax.ops.segment_sum(values, slots, num_segments=num_slots)
+
+    return jax.vmap(row)(values_BxL * mask_BxL, slot_ids_BxL)
