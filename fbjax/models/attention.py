@@ -21,7 +21,10 @@ Implementations (:class:`fbjax.models.config.AttentionImpl`):
 * ``auto``: a kernel where one covers the mask, else ``blockwise`` (``dense`` on rows no longer
   than one block, where the two compute the same thing and dense is cheaper).
 
-Kernels, **untested here (no GPU or TPU on the machine this was written on)**:
+Kernels. **Never run on a TPU or GPU** (there was none where this was written): their calls
+are checked against the dense path, values and gradients, by the Pallas interpreter on CPU
+(``tests/models/test_attention.py``), which tests what the arguments mean but not the kernels'
+compilation or speed on a device.
 
 * TPU: the Pallas splash-attention kernel (``jax.experimental.pallas.ops.tpu.splash_attention``)
   with ``SegmentIds(q=segment_ids, kv=segment_ids)``, a causal mask (and a local mask for a
@@ -329,19 +332,31 @@ def blockwise_attention(
 # ----------------------------------------------------------------------------- kernels (untested)
 
 
-def _splash(q, k, v, segment_ids, *, scale, sliding_window, softcap, block_size):
-    """TPU Pallas splash attention (segment ids + causal [+ local window]); untested here."""
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
-
-    b, t, h, d = q.shape
-    block = min(block_size, t)
-    pad = -t % block
+def _pad_rows(block: int, q, k, v, segment_ids):
+    """Pads the row to a multiple of ``block`` with segment id -1, a segment no token has."""
+    pad = -q.shape[1] % block
     if pad:
         rows = ((0, 0), (0, pad))
         q, k, v = (jnp.pad(x, rows + ((0, 0), (0, 0))) for x in (q, k, v))
         segment_ids = jnp.pad(segment_ids, rows, constant_values=-1)
-    tp = t + pad
+    return q, k, v, segment_ids
+
+
+def _splash(q, k, v, segment_ids, *, scale, sliding_window, softcap, block_size,
+            interpret=False):
+    """TPU Pallas splash attention (segment ids + causal [+ local window] [+ soft-cap]); not run
+    on a TPU (checked against the dense path in Pallas interpret mode on CPU).
+
+    Without ``shard_map`` the kernel sees the global arrays; on a sharded mesh it should be
+    wrapped in ``shard_map`` over the batch (and head) axes, as MaxText does.
+    """
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    b, t, h, d = q.shape
+    block = min(block_size, -(-t // 128) * 128)
+    q, k, v, segment_ids = _pad_rows(block, q, k, v, segment_ids)
+    tp = q.shape[1]
     mask = sm.CausalMask((tp, tp))
     if sliding_window is not None:
         # Row order = positions inside a segment when no row has branches (see module doc).
@@ -350,8 +365,11 @@ def _splash(q, k, v, segment_ids, *, scale, sliding_window, softcap, block_size)
         sm.MultiHeadMask([mask] * h),
         head_shards=1,
         q_seq_shards=1,
-        block_sizes=sk.BlockSizes.get_default(),
+        block_sizes=sk.BlockSizes(
+            block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+            block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block),
         attn_logits_soft_cap=softcap,
+        interpret=interpret,
     )
     # The kernel takes [heads, length, head_dim] per example and has no scale argument.
     qh = jnp.swapaxes(q * jnp.asarray(scale, q.dtype), 1, 2)
@@ -361,13 +379,21 @@ def _splash(q, k, v, segment_ids, *, scale, sliding_window, softcap, block_size)
     return jnp.swapaxes(out, 1, 2)[:, :t]
 
 
-def _triton(q, k, v, segment_ids, *, scale):
-    """GPU Pallas (Triton) flash attention with segment ids and causal masking; untested here."""
+def _triton(q, k, v, segment_ids, *, scale, block_size=128, interpret=False):
+    """GPU Pallas (Triton) flash attention with segment ids and causal masking; not run on a
+    GPU (checked against the dense path in Pallas interpret mode on CPU)."""
     from jax.experimental.pallas.ops.gpu import attention as gpu_attention
 
-    group = q.shape[2] // k.shape[2]
+    t = q.shape[1]
+    block = min(block_size, -(-t // 16) * 16)
+    q, k, v, segment_ids = _pad_rows(block, q, k, v, segment_ids)
+    group = q.shape[2] // k.shape[2]  # the kernel wants as many key heads as query heads
     k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
-    return gpu_attention.mha(q, k, v, segment_ids, sm_scale=scale, causal=True)
+    sizes = gpu_attention.BlockSizes(block_q=block, block_k=block, block_q_dkv=block,
+                                     block_kv_dkv=block, block_q_dq=block, block_kv_dq=block)
+    out = gpu_attention.mha(q, k, v, segment_ids, sm_scale=scale, causal=True,
+                            block_sizes=sizes, interpret=interpret)
+    return out[:, :t]
 
 
 def _kernel_for_backend(backend: str, sliding_window, softcap):

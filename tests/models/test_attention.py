@@ -126,3 +126,39 @@ def test_decoder_blockwise_matches_dense():
     for a, b in zip(jax.tree.leaves(grads[1]), jax.tree.leaves(grads[0])):
         # float32 sums in another order: errors scale with the leaf's largest entry (~30 here).
         np.testing.assert_allclose(a, b, atol=1e-5 * float(np.abs(b).max()), rtol=1e-5)
+
+
+def test_kernels_match_dense_in_interpret_mode():
+    """The TPU (splash) and GPU (Triton) kernel wiring, run by the Pallas interpreter on CPU:
+    segment ids, GQA, scale, window and soft-capping mean the same as in the dense path. (This
+    checks the meaning of the calls, not the kernels' compilation or speed on a device.)"""
+    seg = np.repeat([1, 2, 3, 0], [70, 30, 24, 12]).astype(np.int32)[None]
+    pos = np.concatenate([np.arange(70), np.arange(30), np.arange(24), np.zeros(12)])
+    rows = {"segment_ids": jnp.asarray(seg), "branch_ids": jnp.zeros_like(jnp.asarray(seg)),
+            "positions": jnp.asarray(pos.astype(np.int32)[None])}
+    ks = jax.random.split(jax.random.key(2), 4)
+    t = seg.shape[1]  # two query blocks of 128 after padding; 2 query heads on 1 key head
+    q, w = (jax.random.normal(r, (1, t, 2, 64)) for r in ks[:2])
+    k, v = (jax.random.normal(r, (1, t, 1, 64)) for r in ks[2:])
+    real = (rows["segment_ids"] > 0)[..., None, None]
+
+    def run(fn):
+        def f(q, k, v):
+            out = fn(q, k, v)
+            return jnp.sum(jnp.where(real, out * w, 0.0)), jnp.where(real, out, 0.0)
+        return jax.value_and_grad(f, (0, 1, 2), has_aux=True)(q, k, v)
+
+    def check(kernel, window, softcap):
+        (_, want), g_want = run(lambda q, k, v: attention.attend(
+            q, k, v, **rows, scale=0.125, sliding_window=window, softcap=softcap,
+            implementation=AttentionImpl.DENSE))
+        (_, got), g_got = run(kernel)
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+        for a, b in zip(g_got, g_want):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+    seg_ids = rows["segment_ids"]
+    check(lambda q, k, v: attention._splash(q, k, v, seg_ids, scale=0.125, sliding_window=9,
+                                            softcap=3.0, block_size=128, interpret=True), 9, 3.0)
+    check(lambda q, k, v: attention._triton(q, k, v, seg_ids, scale=0.125, block_size=64,
+                                            interpret=True), None, None)
