@@ -160,33 +160,33 @@ def memory_section(groups, args, out):
 
 
 def time_section(groups, args, out):
-    print(f"\n== step time per real token, one packed row ({args.size}) ==")
-    per_token = {}
+    print(f"\n== step time per real token, one packed row ({args.size}); all cases stepped in "
+          "turn ==")
+    cases, real = {}, {}
     for length in args.time_lengths:
         setup = Setup(args.size, args.vocab, length)
         batch = pack_rows(groups, rows=1, seq_len=length, start=7)
-        real = int((batch["segment_ids"] > 0).sum())
-        cases = {}
+        real[length] = int((batch["segment_ids"] > 0).sum())
         for name, impl in (("auto", AttentionImpl.AUTO), ("dense", AttentionImpl.DENSE)):
             compiled, state, placed, _ = setup.compile(batch, impl, None, args.chunk)
-            cases[name] = (compiled, state, placed)
-        before = loadavg()
-        medians, times = time_alternating(cases, args.steps)
-        after = loadavg()
-        for name, median in medians.items():
-            per_token[(length, name)] = median / real
-            print(f"{length:>6} tokens ({real} real) {name:<6} median step {median:7.3f} s "
-                  f"= {1e6 * median / real:8.1f} us/token  [loadavg {before} -> {after}]",
-                  flush=True)
-            out["time"].append({"tokens": length, "real_tokens": real, "attention": name,
-                                "step_s": times[name], "median_s": median,
-                                "loadavg_before": before, "loadavg_after": after})
+            cases[(length, name)] = (compiled, state, placed)
+    before = loadavg()
+    medians, times = time_alternating(cases, args.steps)
+    after = loadavg()
+    per_token = {}
+    for (length, name), median in medians.items():
+        per_token[(length, name)] = median / real[length]
+        print(f"{length:>6} tokens ({real[length]} real) {name:<6} median step {median:7.3f} s "
+              f"= {1e6 * median / real[length]:8.1f} us/token", flush=True)
+        out["time"].append({"tokens": length, "real_tokens": real[length], "attention": name,
+                            "step_s": times[(length, name)], "median_s": median})
+    print(f"[loadavg {before} before, {after} after]")
+    out["time_loadavg"] = [before, after]
     lo, hi = min(args.time_lengths), max(args.time_lengths)
     for name in ("auto", "dense"):
-        if (lo, name) in per_token and (hi, name) in per_token:
-            ratio = per_token[(hi, name)] / per_token[(lo, name)]
-            print(f"time/token {hi} over {lo}, {name}: {ratio:.2f}x")
-            out["ratios"][f"time_per_token_{hi}_over_{lo}/{name}"] = ratio
+        ratio = per_token[(hi, name)] / per_token[(lo, name)]
+        print(f"time/token {hi} over {lo}, {name}: {ratio:.2f}x")
+        out["ratios"][f"time_per_token_{hi}_over_{lo}/{name}"] = ratio
 
 
 def head_section(groups, args, out):

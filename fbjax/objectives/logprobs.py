@@ -8,10 +8,11 @@ one output-embedding column. Peak memory is ``[B, L, chunk]`` instead of ``[B, L
 The scored token at position t is read from the output distribution at ``predictor[t]`` (t - 1
 in ordinary rows, the last prompt token for the first token of a prefix-shared completion).
 
-Only scored positions need the LM head. Given the loss mask and a static bound on scored
-positions per row, the hidden states are gathered at those positions' predictors before the
-projection: in a packed, prefix-shared batch about a quarter of the positions are scored, and
-the head is most of a small model's FLOPs.
+Only scored positions need the LM head. Given the loss mask and a static pass size
+(``max_scored``), the hidden states are gathered at the scored positions' predictors before the
+projection, ``max_scored`` a row per pass, and passes with nothing scored are skipped: in a
+packed, prefix-shared batch under half of the positions are scored, and the head is a large
+share of a small model's FLOPs.
 """
 
 from __future__ import annotations
@@ -75,18 +76,12 @@ def _logps_at(hidden_BxLxD, w_DxV, tokens_BxL, predictor_BxL, index_BxM, *, chun
     return target - lse
 
 
-def scored_index(loss_mask_BxL: Array, max_scored: int) -> tuple[Array, Array, Array]:
-    """The first ``max_scored`` positions of each row with ``loss_mask != 0``, in row order.
-
-    Returns ``(index [B, M], valid [B, M], fits [])``: ``valid`` marks real entries (the rest
-    point at position 0), ``fits`` whether every row's scored positions were all taken.
-    Weights may be negative (signed token weights), so "scored" is ``!= 0``.
-    """
+def scored_order(loss_mask_BxL: Array) -> tuple[Array, Array]:
+    """Each row's positions with the scored ones first (``loss_mask != 0``; weights may be
+    negative), in row order: ``(index [B, L], scored [B, L])``."""
     scored = loss_mask_BxL != 0
-    index = jnp.argsort(~scored, axis=1, stable=True)[:, :max_scored].astype(jnp.int32)
-    valid = jnp.take_along_axis(scored, index, axis=1)
-    fits = jnp.all(jnp.sum(scored, axis=1) <= max_scored)
-    return jnp.where(valid, index, 0), valid, fits
+    index = jnp.argsort(~scored, axis=1, stable=True).astype(jnp.int32)
+    return index, jnp.take_along_axis(scored, index, axis=1)
 
 
 def token_logps(
@@ -104,34 +99,44 @@ def token_logps(
     Without ``loss_mask_BxL``, every position is computed; positions whose predictor is out of
     range (the first token of a row) get an arbitrary finite value, and callers mask them.
 
-    With ``loss_mask_BxL`` the result is 0 wherever the mask is 0, and with ``max_scored`` too,
-    the hidden states are gathered at the predictors of at most ``max_scored`` scored positions
-    per row *before* the output projection, so the LM head (``2 D V`` FLOPs a position, forward)
-    runs only there. A static bound keeps shapes fixed under jit; a batch with a row of more
-    scored positions takes the all-positions path instead (``lax.cond``, same values).
+    With ``loss_mask_BxL`` the result is 0 wherever the mask is 0. With ``max_scored`` too, the
+    hidden states are gathered at the predictors of the scored positions *before* the output
+    projection, ``max_scored`` positions a row per pass, so the LM head (``2 D V`` FLOPs a
+    position, forward) runs only there: each row's positions are ordered scored-first and cut
+    into passes of ``max_scored`` (a static shape), and a pass holding no scored position in any
+    row is skipped (``lax.cond``). A bound at least each row's scored count gives one pass; a
+    row over it takes more passes, with the same values.
     """
     b, length = tokens_BxL.shape
-    every = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
-
-    def all_positions(_=None):
-        return _logps_at(hidden_BxLxD, w_DxV, tokens_BxL, predictor_BxL, every,
-                         chunk_size=chunk_size)
-
-    if loss_mask_BxL is None:
-        return all_positions()
-    scored = loss_mask_BxL != 0
-    if max_scored is None or max_scored >= length:
-        return jnp.where(scored, all_positions(), 0.0)
-    index, valid, fits = scored_index(loss_mask_BxL, max_scored)
-
-    def gathered(_):
-        values = _logps_at(hidden_BxLxD, w_DxV, tokens_BxL, predictor_BxL, index,
+    if loss_mask_BxL is None or max_scored is None or max_scored >= length:
+        every = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
+        values = _logps_at(hidden_BxLxD, w_DxV, tokens_BxL, predictor_BxL, every,
                            chunk_size=chunk_size)
-        rows = jnp.arange(b)[:, None]
-        return jnp.zeros((b, length), jnp.float32).at[rows, index].add(
-            jnp.where(valid, values, 0.0))
+        return values if loss_mask_BxL is None else jnp.where(loss_mask_BxL != 0, values, 0.0)
+    index, scored = scored_order(loss_mask_BxL)
+    passes = -(-length // max_scored)
+    pad = passes * max_scored - length
+    index = jnp.pad(index, ((0, 0), (0, pad)))
+    scored = jnp.pad(scored, ((0, 0), (0, pad)))
 
-    return jax.lax.cond(fits, gathered, lambda _: jnp.where(scored, all_positions(), 0.0), None)
+    def by_pass(x):  # [B, passes * M] -> [passes, B, M]
+        return jnp.moveaxis(x.reshape(b, passes, max_scored), 1, 0)
+
+    def one_pass(_, xs):
+        idx, keep = xs
+        values = jax.lax.cond(
+            jnp.any(keep),
+            lambda: _logps_at(hidden_BxLxD, w_DxV, tokens_BxL, predictor_BxL, idx,
+                              chunk_size=chunk_size),
+            lambda: jnp.zeros(idx.shape, jnp.float32),
+        )
+        return None, jnp.where(keep, values, 0.0)
+
+    _, values = jax.lax.scan(one_pass, None, (by_pass(index), by_pass(scored)))
+    values = jnp.moveaxis(values, 0, 1).reshape(b, -1)
+    rows = jnp.arange(b)[:, None]
+    # Padding entries point at position 0 with value 0: adding them changes nothing.
+    return jnp.zeros((b, length), jnp.float32).at[rows, index].add(values)
 
 
 def max_scored_bound(loss_mask_BxL, *, multiple: int = 128) -> int:

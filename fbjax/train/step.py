@@ -162,9 +162,9 @@ def train_step(
 ) -> tuple[TrainState, Metrics]:
     """One optimizer update. Returns metrics as ``name -> (sum, count)``.
 
-    ``max_scored`` bounds the scored positions of a row (``logprobs.max_scored_bound``): the LM
-    head then runs only at those positions' predictors (a row over the bound falls back to all
-    positions, with equal results). None runs it at every position.
+    ``max_scored`` (e.g. ``logprobs.max_scored_bound`` of the data's loss masks): the LM head
+    runs only at the scored positions' predictors, that many a row per pass (a row with more
+    takes another pass, with equal results). None runs it at every position.
 
     Gradients are of the *summed* loss, divided once by the total example weight, so
     accumulating microbatches (or adding hosts) gives exactly the large-batch gradient.

@@ -2,8 +2,8 @@
 
 The reference is the plain computation: full float32 logits at every position, log-softmax,
 the token's entry read at its predictor. It is compared with the chunked, gathered path on
-packed and prefix-shared batches (values and gradients), with a bound that fits and one that
-does not (the all-positions fallback), and through the real training step.
+packed and prefix-shared batches (values and gradients), with a pass size that holds every
+row's scored positions and one that needs several passes, and through the real training step.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _reference(hidden, w, tokens, predictor, mask):
 @pytest.mark.parametrize(
     "share_prefix,max_scored",
     [(False, 32), (True, 32), (True, 8), (True, None)],
-    ids=["packed-gathered", "prefix_shared-gathered", "prefix_shared-fallback", "prefix_shared-all"],
+    ids=["packed-one_pass", "prefix_shared-one_pass", "prefix_shared-passes", "prefix_shared-all"],
 )
 def test_scored_positions_match_reference(share_prefix, max_scored):
     batch = _batch(share_prefix)
