@@ -16,7 +16,8 @@ jitted ``make_train_step`` with sigmoid DPO and the reference forward in the ste
    attention, and blockwise with the head at scored positions only (``max_scored``). Dense is
    skipped above ``--dense-max`` tokens (it needs tens of GiB).
 2. **Time per token** at each ``--time-lengths`` (one row each), ``auto`` attention (dense up to
-   one block, blockwise beyond) against dense, steps alternated, median of ``--steps``.
+   one block, blockwise beyond) against dense (``--time-impls``), all cases stepped in turn,
+   median of ``--steps``.
 3. **The scored-position head** on a packed batch (``--head-rows`` x ``--head-len``): FLOPs of
    the compiled step (``cost_analysis()``) and step time, with and without ``max_scored``.
 
@@ -167,8 +168,9 @@ def time_section(groups, args, out):
         setup = Setup(args.size, args.vocab, length)
         batch = pack_rows(groups, rows=1, seq_len=length, start=7)
         real[length] = int((batch["segment_ids"] > 0).sum())
-        for name, impl in (("auto", AttentionImpl.AUTO), ("dense", AttentionImpl.DENSE)):
-            compiled, state, placed, _ = setup.compile(batch, impl, None, args.chunk)
+        for name in args.time_impls:
+            compiled, state, placed, _ = setup.compile(batch, AttentionImpl(name), None,
+                                                       args.chunk)
             cases[(length, name)] = (compiled, state, placed)
     before = loadavg()
     medians, times = time_alternating(cases, args.steps)
@@ -183,7 +185,7 @@ def time_section(groups, args, out):
     print(f"[loadavg {before} before, {after} after]")
     out["time_loadavg"] = [before, after]
     lo, hi = min(args.time_lengths), max(args.time_lengths)
-    for name in ("auto", "dense"):
+    for name in args.time_impls:
         ratio = per_token[(hi, name)] / per_token[(lo, name)]
         print(f"time/token {hi} over {lo}, {name}: {ratio:.2f}x")
         out["ratios"][f"time_per_token_{hi}_over_{lo}/{name}"] = ratio
@@ -230,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--lengths", default="2048,8192,32768")
     p.add_argument("--dense-max", type=int, default=8192)
     p.add_argument("--time-lengths", default="512,8192")
+    p.add_argument("--time-impls", default="auto,dense", help="attention_impl values to time")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--head-rows", type=int, default=4)
     p.add_argument("--head-len", type=int, default=1024)
@@ -240,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = p.parse_args(argv)
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.time_lengths = [int(x) for x in args.time_lengths.split(",")]
+    args.time_impls = args.time_impls.split(",")
     groups, _ = report_padding.hh_groups(args.data, vocab_size=args.vocab, max_len=args.max_len,
                                          tokenizer_cache=args.tokenizer_cache)
     rng = np.random.default_rng(0)

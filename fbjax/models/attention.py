@@ -106,7 +106,14 @@ def dense_attention(
     q: ``[B, T, H, D]``; k, v: ``[B, S, K, D]`` with ``H % K == 0`` (grouped-query attention).
     A query with no visible key gets the mean of the values, as ``jax.nn.dot_product_attention``
     gives (this happens only for empty decode-cache slots, whose outputs are never read).
+
+    Without soft-capping this is ``jax.nn.dot_product_attention`` itself, so results (and the
+    training runs behind the README's tables, which are sensitive to the last bit) stay as they
+    were before this module existed; it has no soft-cap, so that case is written out.
     """
+    if softcap is None:
+        return jax.nn.dot_product_attention(
+            q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, scale=scale)
     s, _ = _logits(_grouped(q, k.shape[2]), k, scale, softcap)
     s = jnp.where(mask[:, :, None], s, jnp.finfo(_F32).min)
     p = jax.nn.softmax(s, axis=-1)
