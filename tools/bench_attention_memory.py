@@ -27,33 +27,31 @@ Times depend on the machine's load; the script prints ``/proc/loadavg`` with eac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import dataclasses  # noqa: E402
+import bench_step
+import jax
+import report_padding
 
-import jax  # noqa: E402
-
-from fbjax import sharding as fsh  # noqa: E402
-from fbjax.data import packing  # noqa: E402
-from fbjax.models.config import AttentionImpl  # noqa: E402
-from fbjax.models.decoder import Decoder  # noqa: E402
-from fbjax.objectives import logprobs  # noqa: E402
-from fbjax.train import presets  # noqa: E402
-from fbjax.train import step as steplib  # noqa: E402
-from fbjax.train.optim import OptimizerConfig, make_optimizer  # noqa: E402
-
-import bench_step  # noqa: E402
-import report_padding  # noqa: E402
+from fbjax import sharding as fsh
+from fbjax.data import packing
+from fbjax.models.config import AttentionImpl
+from fbjax.models.decoder import Decoder
+from fbjax.objectives import logprobs
+from fbjax.train import presets
+from fbjax.train import step as steplib
+from fbjax.train.optim import OptimizerConfig, make_optimizer
 
 GiB, MiB = 2**30, 2**20
 

@@ -360,7 +360,7 @@ def _splash(q, k, v, segment_ids, *, scale, sliding_window, softcap, block_size,
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
-    b, t, h, d = q.shape
+    t, h = q.shape[1], q.shape[2]
     block = min(block_size, -(-t // 128) * 128)
     q, k, v, segment_ids = _pad_rows(block, q, k, v, segment_ids)
     tp = q.shape[1]

@@ -114,7 +114,7 @@ def test_decoder_blockwise_matches_dense():
         params = model.init(jax.random.key(0), tokens, rows["positions"], rows["segment_ids"],
                             rows["branch_ids"])
 
-        def f(p):
+        def f(p, model=model):
             h, _ = model.apply(p, tokens, rows["positions"], rows["segment_ids"],
                                rows["branch_ids"])
             return jnp.sum(jnp.where((rows["segment_ids"] > 0)[..., None], h * cot, 0.0)), h
