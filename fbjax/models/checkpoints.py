@@ -23,7 +23,8 @@ from fbjax.models.config import ModelConfig
 HF_PREFIX = "hf:"
 HF_DIR_ENV = "FBJAX_HF_DIR"
 # Settings that change how a model is trained, not which weights it has.
-TRAINING_ONLY_FIELDS = ("dtype", "param_dtype", "remat", "init_std")
+TRAINING_ONLY_FIELDS = ("dtype", "param_dtype", "remat", "init_std", "attention_impl",
+                        "attention_block_size")
 
 
 def hub_cache_dir(environ: Mapping[str, str] | None = None) -> str:

@@ -95,6 +95,14 @@ class RopeScaling:
             raise ValueError(f"model.rope_scaling.factor={self.factor} must be > 0")
 
 
+class AttentionImpl(str, enum.Enum):
+    """How attention is computed (``fbjax.models.attention``); all give the same values."""
+
+    AUTO = "auto"  # a kernel on TPU/GPU where it covers the mask, else blockwise (dense if short)
+    DENSE = "dense"  # the reference: [B, H, T, S] scores, memory quadratic in the row length
+    BLOCKWISE = "blockwise"  # online softmax over live key blocks, memory linear in the row
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """Shape and architecture of a decoder-only transformer.
@@ -149,6 +157,10 @@ class ModelConfig:
     sliding_window: int | None = None
     # Which layers use ``sliding_window`` (one bool per layer); None: every layer, when set.
     sliding_layers: tuple[bool, ...] | None = None
+    attention_impl: AttentionImpl = AttentionImpl.AUTO
+    # Query/key block of the blockwise path (and the kernels); rows up to this long use dense
+    # attention under "auto".
+    attention_block_size: int = 512
     dtype: str = "float32"
     param_dtype: str = "float32"
     # "none" | "block" (checkpoint each decoder block) | "dots" (save matmul outputs only).
@@ -180,7 +192,7 @@ class ModelConfig:
         if not 0.0 < self.rope_fraction <= 1.0:
             raise ValueError(f"model.rope_fraction={self.rope_fraction} must be in (0, 1]")
         for name, kind in (("norm", Norm), ("activation", Activation), ("positions", Positions),
-                           ("qk_norm", QKNorm)):
+                           ("qk_norm", QKNorm), ("attention_impl", AttentionImpl)):
             value = getattr(self, name)
             if not isinstance(value, kind):
                 try:
@@ -199,6 +211,11 @@ class ModelConfig:
             raise ValueError(
                 f"model.num_heads={self.num_heads} must be a multiple of "
                 f"model.num_kv_heads={self.num_kv_heads}"
+            )
+        if self.attention_block_size < 8 or self.attention_block_size % 8:
+            raise ValueError(
+                f"model.attention_block_size={self.attention_block_size} must be a positive "
+                "multiple of 8"
             )
         if self.remat not in ("none", "block", "dots"):
             raise ValueError(f"model.remat={self.remat!r}; choose 'none', 'block' or 'dots'")

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fbjax.models.attention import attend, attention_mask, dense_attention
 from fbjax.models.config import Activation, ModelConfig, Norm, Positions, QKNorm, RopeType
 from fbjax.models.rope import (
     apply_rope,
@@ -68,37 +69,6 @@ def init_cache(config: ModelConfig, batch_size: int, max_len: int) -> DecodeCach
     )
     zeros = jnp.zeros((batch_size, max_len), jnp.int32)
     return DecodeCache(layers, zeros, zeros, jnp.zeros((), jnp.int32))
-
-
-def attention_mask(
-    q_index: Array,
-    k_index: Array,
-    q_segment: Array,
-    k_segment: Array,
-    q_branch: Array,
-    k_branch: Array,
-    q_pos: Array,
-    k_pos: Array,
-    sliding_window: int | None,
-    key_visible: Array | None = None,
-) -> Array:
-    """Boolean ``[B, 1, T, S]`` mask: True where query t may attend to key s.
-
-    Indices are slots in the row (causality follows the row order, which is what makes a
-    prefix-shared row ``[prompt][chosen][rejected]`` work: rejected comes after chosen in the
-    row but is kept from seeing it by the branch rule). ``key_visible`` (``[B, S]``, nonzero =
-    visible) hides keys from every query, e.g. Forgetful Causal Masking
-    (``fbjax.data.language.forgetful_key_visibility``).
-    """
-    causal = k_index[:, None, :] <= q_index[:, :, None]
-    same_segment = q_segment[:, :, None] == k_segment[:, None, :]
-    branch_ok = (k_branch[:, None, :] == 0) | (k_branch[:, None, :] == q_branch[:, :, None])
-    mask = causal & same_segment & branch_ok
-    if sliding_window is not None:
-        mask &= (q_pos[:, :, None] - k_pos[:, None, :]) < sliding_window
-    if key_visible is not None:
-        mask &= (key_visible != 0)[:, None, :]
-    return mask[:, None, :, :]
 
 
 def rope(x: Array, positions: Array, theta: float) -> Array:
@@ -204,20 +174,6 @@ def _softcap(x: Array, cap: float | None) -> Array:
     return x if cap is None else cap * jnp.tanh(x / cap)
 
 
-def _attend(q, k, v, mask, scale: float, softcap: float | None) -> Array:
-    """Softmax attention ``[B, T, H, hd]``; GQA by repeating kv heads. With ``softcap``, scores
-    become ``cap * tanh(scores / cap)`` before masking (Gemma 2)."""
-    if softcap is None:
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale)
-    groups = q.shape[2] // k.shape[2]
-    k = jnp.repeat(k, groups, axis=2)
-    v = jnp.repeat(v, groups, axis=2)
-    scores = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32) * scale
-    scores = jnp.where(mask, _softcap(scores, softcap), jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhts,bshd->bthd", probs, v)
-
-
 def _qk_norm(cfg: ModelConfig, x: Array, name: str) -> Array:
     """RMSNorm of ``[B, T, H, hd]`` queries or keys, per head or over all heads (OLMo 2)."""
     if cfg.qk_norm is QKNorm.NONE:
@@ -250,19 +206,29 @@ class Attention(nn.Module):
             k = apply_rope(k, positions, inv_freq, factor)
 
         kind = "local" if sliding else "global"
-        if cache is None:
-            mask = meta[f"mask_{kind}"]
+        scale = (cfg.query_scale if cfg.query_scale is not None else hd) ** -0.5
+        if cache is None and f"mask_{kind}" in meta:
+            # Keys hidden per example (Forgetful Causal Masking): the explicit mask.
+            out = dense_attention(q, k, v, mask=meta[f"mask_{kind}"], scale=scale,
+                                  softcap=cfg.attn_logit_softcap)
+            new_cache = None
+        elif cache is None:
+            out = attend(
+                q, k, v, segment_ids=segment_ids, branch_ids=branch_ids, positions=positions,
+                scale=scale, sliding_window=cfg.sliding_window if sliding else None,
+                softcap=cfg.attn_logit_softcap, implementation=cfg.attention_impl,
+                block_size=cfg.attention_block_size,
+            )
             new_cache = None
         else:
             index = meta["cache_index"]
             k_all = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), index, 1)
             v_all = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), index, 1)
             new_cache = LayerCache(k_all, v_all)
-            k, v = k_all, v_all
-            mask = meta[f"cache_mask_{kind}"]
-
-        scale = (cfg.query_scale if cfg.query_scale is not None else hd) ** -0.5
-        out = _attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, scale, cfg.attn_logit_softcap)
+            out = dense_attention(
+                q, k_all.astype(q.dtype), v_all.astype(q.dtype),
+                mask=meta[f"cache_mask_{kind}"], scale=scale, softcap=cfg.attn_logit_softcap,
+            )
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
         y = _dense(cfg, (cfg.num_heads, hd), cfg.hidden_size, ("heads", "head_dim", "embed"),
                    cfg.out_bias, "o")(out)
@@ -387,12 +353,13 @@ class Decoder(nn.Module):
         if cfg.rope_scaling.kind is RopeType.DYNAMIC:
             meta["seq_lengths"] = segment_lengths(positions, segment_ids)
         if cache is None:
-            q_index = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-            for kind in kinds:
-                meta[f"mask_{kind}"] = attention_mask(
-                    q_index, q_index, segment_ids, segment_ids, branch_ids, branch_ids,
-                    positions, positions, windows[kind], key_visible,
-                )
+            if key_visible is not None:  # otherwise attention builds its mask itself, blockwise
+                q_index = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+                for kind in kinds:
+                    meta[f"mask_{kind}"] = attention_mask(
+                        q_index, q_index, segment_ids, segment_ids, branch_ids, branch_ids,
+                        positions, positions, windows[kind], key_visible,
+                    )
         else:
             q_index = cache.index + jnp.arange(length, dtype=jnp.int32)
             seg_all = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids, cache.index, 1)

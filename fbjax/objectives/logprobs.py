@@ -7,12 +7,19 @@ one output-embedding column. Peak memory is ``[B, L, chunk]`` instead of ``[B, L
 
 The scored token at position t is read from the output distribution at ``predictor[t]`` (t - 1
 in ordinary rows, the last prompt token for the first token of a prefix-shared completion).
+
+Only scored positions need the LM head. Given the loss mask and a static pass size
+(``max_scored``), the hidden states are gathered at the scored positions' predictors before the
+projection, ``max_scored`` a row per pass, and passes with nothing scored are skipped: in a
+packed, prefix-shared batch under half of the positions are scored, and the head is a large
+share of a small model's FLOPs.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -28,22 +35,25 @@ def chunked_logsumexp(hidden_BxLxD: Array, w_DxV: Array, *, chunk_size: int = 81
     logits.
 
     Uses a scan over vocabulary chunks with a running (max, sum) pair; the last chunk is padded
-    with -inf logits, which contribute nothing.
+    with -inf logits, which contribute nothing. The scan is taken even when the vocabulary fits
+    in one chunk: its chunk logits are recomputed in the backward pass rather than kept, so no
+    float32 ``[..., V]`` array outlives the forward. The matmul reads the hidden states in
+    their own dtype (bf16 on accelerators) and accumulates in float32.
     """
-    hidden = hidden_BxLxD.astype(jnp.float32)
     d, vocab = w_DxV.shape
-    if vocab <= chunk_size:
-        return jax.nn.logsumexp(softcap(hidden @ w_DxV.astype(jnp.float32), cap), axis=-1)
-    num_chunks = -(-vocab // chunk_size)
-    pad = num_chunks * chunk_size - vocab
-    w = jnp.pad(w_DxV, ((0, 0), (0, pad))).reshape(d, num_chunks, chunk_size)
+    chunk = min(chunk_size, vocab)
+    num_chunks = -(-vocab // chunk)
+    pad = num_chunks * chunk - vocab
+    w = jnp.pad(w_DxV, ((0, 0), (0, pad))).reshape(d, num_chunks, chunk)
     w = jnp.moveaxis(w, 1, 0)  # [C, D, chunk]
-    valid = (jnp.arange(num_chunks * chunk_size) < vocab).reshape(num_chunks, chunk_size)
+    valid = (jnp.arange(num_chunks * chunk) < vocab).reshape(num_chunks, chunk)
+    hidden = hidden_BxLxD
 
     # Recomputed in the backward pass instead of saving every chunk's logits.
     @jax.checkpoint
     def chunk_stats(w_chunk, valid_chunk):
-        logits = softcap(hidden @ w_chunk.astype(jnp.float32), cap)
+        logits = softcap(jnp.einsum("...d,dv->...v", hidden, w_chunk.astype(hidden.dtype),
+                                    preferred_element_type=jnp.float32), cap)
         logits = jnp.where(valid_chunk, logits, -jnp.inf)
         m = jnp.max(logits, axis=-1)
         return m, jnp.sum(jnp.exp(logits - m[..., None]), axis=-1)
@@ -60,6 +70,28 @@ def chunked_logsumexp(hidden_BxLxD: Array, w_DxV: Array, *, chunk_size: int = 81
     return run_max + jnp.log(run_sum)
 
 
+def _logps_at(hidden_BxLxD, w_DxV, tokens_BxL, predictor_BxL, index_BxM, *, chunk_size,
+              cap=None):
+    """``[B, M]`` log-probs of the tokens at row positions ``index``: the LM head runs on the
+    M gathered predictor states only."""
+    length = tokens_BxL.shape[1]
+    pred = jnp.clip(jnp.take_along_axis(predictor_BxL, index_BxM, axis=1), 0, length - 1)
+    h_pred = jnp.take_along_axis(hidden_BxLxD, pred[..., None], axis=1)  # [B, M, D]
+    lse = chunked_logsumexp(h_pred, w_DxV, chunk_size=chunk_size, cap=cap)
+    tok = jnp.take_along_axis(tokens_BxL, index_BxM, axis=1)
+    w_tok = jnp.take(w_DxV.T, tok, axis=0).astype(h_pred.dtype)  # [B, M, D]
+    target = jnp.einsum("bmd,bmd->bm", h_pred, w_tok, preferred_element_type=jnp.float32)
+    return softcap(target, cap) - lse
+
+
+def scored_order(loss_mask_BxL: Array) -> tuple[Array, Array]:
+    """Each row's positions with the scored ones first (``loss_mask != 0``; weights may be
+    negative), in row order: ``(index [B, L], scored [B, L])``."""
+    scored = loss_mask_BxL != 0
+    index = jnp.argsort(~scored, axis=1, stable=True).astype(jnp.int32)
+    return index, jnp.take_along_axis(scored, index, axis=1)
+
+
 def token_logps(
     hidden_BxLxD: Array,
     w_DxV: Array,
@@ -67,27 +99,75 @@ def token_logps(
     predictor_BxL: Array,
     *,
     chunk_size: int = 8192,
+    loss_mask_BxL: Array | None = None,
+    max_scored: int | None = None,
     cap: float | None = None,
 ) -> Array:
     """``log p(tokens[t] | context)`` read from the distribution at ``predictor[t]``, ``[B, L]``.
 
     ``cap``: the model's final-logit soft-cap (``ModelConfig.final_logit_softcap``), applied to
-    every logit before the softmax. Positions whose predictor is out of range (the first token
-    of a row) get an arbitrary finite value; callers mask them with ``loss_mask``.
+    every logit before the softmax.
+
+    Without ``loss_mask_BxL``, every position is computed; positions whose predictor is out of
+    range (the first token of a row) get an arbitrary finite value, and callers mask them.
+
+    With ``loss_mask_BxL`` the result is 0 wherever the mask is 0. With ``max_scored`` too, the
+    hidden states are gathered at the predictors of the scored positions *before* the output
+    projection, ``max_scored`` positions a row per pass, so the LM head (``2 D V`` FLOPs a
+    position, forward) runs only there: each row's positions are ordered scored-first and cut
+    into passes of ``max_scored`` (a static shape), and a pass holding no scored position in any
+    row is skipped (``lax.cond``). A bound at least each row's scored count gives one pass; a
+    row over it takes more passes, with the same values.
     """
-    lse_BxL = chunked_logsumexp(hidden_BxLxD, w_DxV, chunk_size=chunk_size, cap=cap)
-    pred = jnp.clip(predictor_BxL, 0, tokens_BxL.shape[1] - 1)
-    h_pred = jnp.take_along_axis(hidden_BxLxD, pred[..., None], axis=1).astype(jnp.float32)
-    lse_pred = jnp.take_along_axis(lse_BxL, pred, axis=1)
-    w_tok = jnp.take(w_DxV.T, tokens_BxL, axis=0).astype(jnp.float32)  # [B, L, D]
-    target_logit = softcap(jnp.sum(h_pred * w_tok, axis=-1), cap)
-    return target_logit - lse_pred
+    b, length = tokens_BxL.shape
+    if loss_mask_BxL is None or max_scored is None or max_scored >= length:
+        every = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
+        values = _logps_at(hidden_BxLxD, w_DxV, tokens_BxL, predictor_BxL, every,
+                           chunk_size=chunk_size, cap=cap)
+        return values if loss_mask_BxL is None else jnp.where(loss_mask_BxL != 0, values, 0.0)
+    index, scored = scored_order(loss_mask_BxL)
+    passes = -(-length // max_scored)
+    pad = passes * max_scored - length
+    index = jnp.pad(index, ((0, 0), (0, pad)))
+    scored = jnp.pad(scored, ((0, 0), (0, pad)))
+
+    def by_pass(x):  # [B, passes * M] -> [passes, B, M]
+        return jnp.moveaxis(x.reshape(b, passes, max_scored), 1, 0)
+
+    def one_pass(_, xs):
+        idx, keep = xs
+        values = jax.lax.cond(
+            jnp.any(keep),
+            lambda: _logps_at(hidden_BxLxD, w_DxV, tokens_BxL, predictor_BxL, idx,
+                              chunk_size=chunk_size, cap=cap),
+            lambda: jnp.zeros(idx.shape, jnp.float32),
+        )
+        return None, jnp.where(keep, values, 0.0)
+
+    _, values = jax.lax.scan(one_pass, None, (by_pass(index), by_pass(scored)))
+    values = jnp.moveaxis(values, 0, 1).reshape(b, -1)
+    rows = jnp.arange(b)[:, None]
+    # Padding entries point at position 0 with value 0: adding them changes nothing.
+    return jnp.zeros((b, length), jnp.float32).at[rows, index].add(values)
+
+
+def max_scored_bound(loss_mask_BxL, *, multiple: int = 128) -> int:
+    """Host-side bound for ``max_scored``: the most scored positions in any row of the given
+    (numpy) loss masks, rounded up to ``multiple`` so that nearby batches share one compile."""
+    most = int(np.max(np.sum(np.asarray(loss_mask_BxL) != 0, axis=-1), initial=0))
+    return max(multiple, -(-most // multiple) * multiple)
 
 
 def sequence_sums(values_BxL: Array, mask_BxL: Array, slot_ids_BxL: Array, num_slots: int) -> Array:
-    """Per-slot sums ``[B, K]`` of ``values * mask`` (a one-hot contraction, local to each row)."""
-    onehot = jax.nn.one_hot(slot_ids_BxL, num_slots, dtype=jnp.float32)
-    return jnp.einsum("bl,blk->bk", values_BxL * mask_BxL, onehot)
+    """Per-slot sums ``[B, K]`` of ``values * mask``, a scatter-add local to each row.
+
+    (A one-hot contraction would build ``[B, L, K]``; K grows with the row in packed layouts,
+    which made that term quadratic in the row length.)
+    """
+    def row(values, slots):
+        return jax.ops.segment_sum(values, slots, num_segments=num_slots)
+
+    return jax.vmap(row)(values_BxL * mask_BxL, slot_ids_BxL)
 
 
 def token_kl_and_entropy(

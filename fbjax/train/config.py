@@ -25,6 +25,9 @@ class TrainConfig:
     microbatches: int = 1
     log_every: int = 10
     logprob_chunk: int = LOGPROB_CHUNK
+    # The LM head runs only at scored positions, this many a row per pass
+    # (fbjax.objectives.logprobs.token_logps); None runs it at every position.
+    max_scored_tokens: int | None = None
     # Pack several groups per row; share one prompt copy between a group's completions.
     packing: bool = True
     share_prefix: bool = True
@@ -43,6 +46,10 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be an integer, got {value!r}")
             if value < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {value}")
+        if self.max_scored_tokens is not None and (
+                isinstance(self.max_scored_tokens, bool) or self.max_scored_tokens < 1):
+            raise ValueError(f"train.max_scored_tokens must be >= 1 or None, got "
+                             f"{self.max_scored_tokens!r}")
         if self.batch % self.microbatches:
             raise ValueError(f"train.batch={self.batch} must divide into "
                              f"train.microbatches={self.microbatches} equal parts")

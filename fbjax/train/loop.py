@@ -236,6 +236,7 @@ def train(
                     batch_sharding={k: v.sharding for k, v in batch.items()},
                     microbatches=tc.microbatches,
                     chunk_size=tc.logprob_chunk,
+                    max_scored=tc.max_scored_tokens,
                     lora=lora,
                     base=base,
                 )

@@ -52,19 +52,26 @@ def hidden_states(model: Decoder, params: Any, batch: Batch, rngs: Any = None) -
 
 
 def _token_logps_from_hidden(
-    model: Decoder, params: Any, hidden: Array, batch: Batch, *, chunk_size: int
+    model: Decoder, params: Any, hidden: Array, batch: Batch, *, chunk_size: int,
+    max_scored: int | None,
 ) -> Array:
     w = output_projection(params, model.config)
     return logprobs.token_logps(
         hidden, w, batch["tokens"], batch["predictor"], chunk_size=chunk_size,
         cap=model.config.final_logit_softcap,
+        loss_mask_BxL=batch["loss_mask"], max_scored=max_scored,
     )
 
 
-def token_logps(model: Decoder, params: Any, batch: Batch, *, chunk_size: int) -> Array:
-    """``[B, L]`` float32 log-probs of each token under ``params`` (vocab-chunked)."""
+def token_logps(
+    model: Decoder, params: Any, batch: Batch, *, chunk_size: int, max_scored: int | None = None
+) -> Array:
+    """``[B, L]`` float32 log-probs of the scored tokens under ``params`` (vocab-chunked; 0
+    where ``loss_mask`` is 0; the LM head runs at most ``max_scored`` positions a row)."""
     hidden = hidden_states(model, params, batch)
-    return _token_logps_from_hidden(model, params, hidden, batch, chunk_size=chunk_size)
+    return _token_logps_from_hidden(
+        model, params, hidden, batch, chunk_size=chunk_size, max_scored=max_scored
+    )
 
 
 def last_token_mask(batch: Batch) -> Array:
@@ -88,6 +95,7 @@ def sequence_stats(
     need_distributions: bool = False,
     reference_model: Decoder | None = None,
     rngs: Any = None,
+    max_scored: int | None = None,
 ) -> SequenceStats:
     """Per-token and per-completion statistics of a batch (docs/batch_layout.md).
 
@@ -98,7 +106,9 @@ def sequence_stats(
     num_slots = batch["slot_valid"].shape[1]
     hidden = hidden_states(model, params, batch, rngs)
     if has_lm_head(model.config):
-        tok = _token_logps_from_hidden(model, params, hidden, batch, chunk_size=chunk_size)
+        tok = _token_logps_from_hidden(
+            model, params, hidden, batch, chunk_size=chunk_size, max_scored=max_scored
+        )
     else:  # a reward model: train_step admits only layouts that read the rewards
         tok = jnp.zeros(mask.shape, jnp.float32)
     rewards = None
@@ -115,7 +125,8 @@ def sequence_stats(
             ref_seq = batch["ref_logps"].reshape(-1).astype(jnp.float32)
         else:
             ref_tok = jax.lax.stop_gradient(
-                token_logps(reference_model or model, ref_params, batch, chunk_size=chunk_size)
+                token_logps(reference_model or model, ref_params, batch, chunk_size=chunk_size,
+                            max_scored=max_scored)
             )
             ref_seq = logprobs.sequence_sums(ref_tok, mask, batch["slot_ids"], num_slots).reshape(-1)
     fields = {
@@ -178,8 +189,13 @@ def train_step(
     chunk_size: int = 8192,
     lora: loralib.LoraConfig | None = None,
     base: Any = None,
+    max_scored: int | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer update. Returns metrics as ``name -> (sum, count)``.
+
+    ``max_scored`` (e.g. ``logprobs.max_scored_bound`` of the data's loss masks): the LM head
+    runs only at the scored positions' predictors, that many a row per pass (a row with more
+    takes another pass, with equal results). None runs it at every position.
 
     Gradients are of the *summed* loss, divided once by the total example weight, so
     accumulating microbatches (or adding hosts) gives exactly the large-batch gradient.
@@ -209,7 +225,7 @@ def train_step(
         stats = sequence_stats(
             policy_model, params, ref_params, micro, need_reference=need_ref,
             chunk_size=chunk_size, need_distributions=objective.reads_distributions,
-            reference_model=model, rngs=rngs,
+            reference_model=model, rngs=rngs, max_scored=max_scored,
         )
         loss_sum, count, metric_sums, new_obj_state = apply_objective(
             objective, stats, obj_state, micro_rng
@@ -399,6 +415,7 @@ def make_train_step(
     chunk_size: int = 8192,
     lora: loralib.LoraConfig | None = None,
     base: Any = None,
+    max_scored: int | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """``train_step`` jitted with explicit in/out shardings and the state donated.
 
@@ -413,6 +430,7 @@ def make_train_step(
         microbatches=microbatches,
         chunk_size=chunk_size,
         lora=lora,
+        max_scored=max_scored,
     )
 
     def traced(state, batch, *base):

@@ -1,0 +1,469 @@
+"""Attention over packed, prefix-shared rows, with memory linear in the row length.
+
+The mask rule is the one of ``docs/batch_layout.md``: query t may attend to key s when both are
+in the same segment, s is at or before t in the row, and s's branch is 0 (the shared prompt) or
+t's branch; optionally also ``positions[t] - positions[s] < sliding_window`` (Mistral, Gemma 2).
+Attention logits may be soft-capped, ``softcap * tanh(logits / softcap)`` (Gemma 2, Team Gemma
+2024, arXiv:2408.00118, section 2: 50.0 for attention logits).
+
+Implementations (:class:`fbjax.models.config.AttentionImpl`):
+
+* ``dense``: the reference. Scores ``[B, H, T, S]`` and the boolean mask ``[B, 1, T, S]`` are
+  materialised; memory grows with the square of the row length.
+* ``blockwise``: pure JAX, any backend. Queries and keys are cut into blocks; for each query
+  block an online softmax (Milakov & Gimelshein 2018, arXiv:1805.02867; FlashAttention-2, Dao
+  2023, arXiv:2307.08691, Algorithm 1) runs over the key blocks that can hold a visible key.
+  A key block is skipped when, in every row of the batch, its segment range misses the query
+  block's, it lies after the query block, it is out of the window, or it holds one completion
+  branch the query block does not read. The backward pass is written out (``jax.custom_vjp``,
+  FlashAttention-2 Algorithm 2): it recomputes each live block's scores from ``q``, ``k`` and
+  the saved log-sum-exp, so neither pass stores anything of size ``T x S``.
+* ``auto``: a kernel where one covers the mask, else ``blockwise`` (``dense`` on rows no longer
+  than one block, where the two compute the same thing and dense is cheaper).
+
+Kernels. **Never run on a TPU or GPU** (there was none where this was written): their calls
+are checked against the dense path, values and gradients, by the Pallas interpreter on CPU
+(``tests/models/test_attention.py``), which tests what the arguments mean but not the kernels'
+compilation or speed on a device.
+
+* TPU: the Pallas splash-attention kernel (``jax.experimental.pallas.ops.tpu.splash_attention``)
+  with ``SegmentIds(q=segment_ids, kv=segment_ids)``, a causal mask (and a local mask for a
+  sliding window) and its ``attn_logits_soft_cap``.
+* GPU: the Pallas (Triton) flash-attention kernel ``jax.experimental.pallas.ops.gpu.attention.mha``
+  with segment ids and ``causal=True``; it has no window and no soft-capping, so those configs
+  take the blockwise path. cuDNN through ``jax.nn.dot_product_attention(implementation="cudnn")``
+  is not used: its public API takes causal, padding lengths and a window but no segment ids, and
+  a packed row would need the dense ``[B, 1, T, S]`` mask this module exists to avoid.
+
+Neither kernel can express the branch rule (it is an OR of two equalities, and splash's
+residuals cannot be differentiated, so two calls merged by their log-sum-exp is not possible
+either). Whether a batch is prefix-shared is known only at run time, so the kernel paths are a
+``lax.cond``: the kernel when every ``branch_ids`` is 0, the blockwise path otherwise. The
+kernels also take a row's order for positions (the window is over row indices); that holds for
+rows without branches, where positions restart at 0 and count up inside each segment.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from fbjax.models.config import AttentionImpl
+
+Array = jax.Array
+
+_F32 = jnp.float32
+
+
+def attention_mask(
+    q_index: Array,
+    k_index: Array,
+    q_segment: Array,
+    k_segment: Array,
+    q_branch: Array,
+    k_branch: Array,
+    q_pos: Array,
+    k_pos: Array,
+    sliding_window: int | None,
+    key_visible: Array | None = None,
+) -> Array:
+    """Boolean ``[B, 1, T, S]`` mask: True where query t may attend to key s.
+
+    Indices are slots in the row (causality follows the row order, which is what makes a
+    prefix-shared row ``[prompt][chosen][rejected]`` work: rejected comes after chosen in the
+    row but is kept from seeing it by the branch rule). ``key_visible`` (``[B, S]``, nonzero =
+    visible) hides keys from every query, e.g. Forgetful Causal Masking
+    (``fbjax.data.language.forgetful_key_visibility``).
+    """
+    causal = k_index[:, None, :] <= q_index[:, :, None]
+    same_segment = q_segment[:, :, None] == k_segment[:, None, :]
+    branch_ok = (k_branch[:, None, :] == 0) | (k_branch[:, None, :] == q_branch[:, :, None])
+    mask = causal & same_segment & branch_ok
+    if sliding_window is not None:
+        mask &= (q_pos[:, :, None] - k_pos[:, None, :]) < sliding_window
+    if key_visible is not None:
+        mask &= (key_visible != 0)[:, None, :]
+    return mask[:, None, :, :]
+
+
+def _grouped(q: Array, num_kv_heads: int) -> Array:
+    """``[B, T, H, D] -> [B, T, K, H // K, D]``: query heads grouped by the key head they read."""
+    b, t, h, d = q.shape
+    return q.reshape(b, t, num_kv_heads, h // num_kv_heads, d)
+
+
+def _logits(q_BTKGD: Array, k_BSKD: Array, scale: float, softcap: float | None):
+    """float32 ``[B, K, G, T, S]`` logits (soft-capped) and ``tanh`` of the cap (or None)."""
+    s = jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD, preferred_element_type=_F32) * scale
+    if softcap is None:
+        return s, None
+    t = jnp.tanh(s / softcap)
+    return softcap * t, t
+
+
+def dense_attention(
+    q: Array, k: Array, v: Array, *, mask: Array, scale: float, softcap: float | None = None
+) -> Array:
+    """Reference attention with an explicit boolean ``mask [B, 1, T, S]``; softmax in float32.
+
+    q: ``[B, T, H, D]``; k, v: ``[B, S, K, D]`` with ``H % K == 0`` (grouped-query attention).
+    A query with no visible key gets the mean of the values, as ``jax.nn.dot_product_attention``
+    gives (this happens only for empty decode-cache slots, whose outputs are never read).
+
+    Without soft-capping this is ``jax.nn.dot_product_attention`` itself, so results (and the
+    training runs behind the README's tables, which are sensitive to the last bit) stay as they
+    were before this module existed; it has no soft-cap, so that case is written out.
+    """
+    if softcap is None:
+        return jax.nn.dot_product_attention(
+            q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, scale=scale)
+    s, _ = _logits(_grouped(q, k.shape[2]), k, scale, softcap)
+    s = jnp.where(mask[:, :, None], s, jnp.finfo(_F32).min)
+    p = jax.nn.softmax(s, axis=-1)
+    out = jnp.einsum("bkgts,bskd->btkgd", p, v.astype(_F32))
+    return out.reshape(q.shape).astype(q.dtype)
+
+
+# ----------------------------------------------------------------------------- blockwise
+
+
+def _block_stats(x_BxT: Array, block: int) -> tuple[Array, Array]:
+    b, t = x_BxT.shape
+    blocks = x_BxT.reshape(b, t // block, block)
+    return blocks.min(axis=-1), blocks.max(axis=-1)
+
+
+def _live_blocks(segment_ids, branch_ids, positions, block: int, window: int | None) -> Array:
+    """``[nq, nk]`` bool: False only where no query of block i can see a key of block j in any
+    row (so the pair of blocks can be skipped)."""
+    seg_lo, seg_hi = _block_stats(segment_ids, block)
+    br_lo, br_hi = _block_stats(branch_ids, block)
+    q_ = (slice(None), slice(None), None)  # [B, nq, 1]
+    k_ = (slice(None), None, slice(None))  # [B, 1, nk]
+    meets = (seg_lo[k_] <= seg_hi[q_]) & (seg_hi[k_] >= seg_lo[q_])
+    # A key block holding one completion branch b > 0 is invisible to a query block holding
+    # one other branch (prompt queries, branch 0, included).
+    one_k_branch = (br_lo == br_hi) & (br_lo > 0)
+    one_q_branch = br_lo == br_hi
+    meets &= ~(one_k_branch[k_] & one_q_branch[q_] & (br_lo[k_] != br_lo[q_]))
+    if window is not None:
+        pos_lo, pos_hi = _block_stats(positions, block)
+        meets &= (pos_lo[q_] - pos_hi[k_]) < window
+    n = segment_ids.shape[1] // block
+    causal = jnp.arange(n)[None, :] <= jnp.arange(n)[:, None]
+    return jnp.any(meets, axis=0) & causal
+
+
+def _slice(x: Array, i, block: int) -> Array:
+    return jax.lax.dynamic_slice_in_dim(x, i * block, block, axis=1)
+
+
+def _block_mask(meta, i, j, block: int, window: int | None) -> Array:
+    """``[B, 1, 1, bq, bk]`` mask of query block i against key block j."""
+    index, seg, br, pos = meta
+    qi = [_slice(a, i, block) for a in (index, seg, br, pos)]
+    kj = [_slice(a, j, block) for a in (index, seg, br, pos)]
+    m = attention_mask(qi[0], kj[0], qi[1], kj[1], qi[2], kj[2], qi[3], kj[3], window)
+    return m[:, :, None]
+
+
+def _first_live(live: Array) -> Array:
+    # Every query block sees its own diagonal block, so each row of ``live`` has a True.
+    return jnp.argmax(live, axis=1).astype(jnp.int32)
+
+
+def _blockwise_forward(q, k, v, meta, live, *, scale, softcap, window, block):
+    """Returns ``out [B, T, H, D]`` (q's dtype) and ``lse [B, K, G, T]`` float32."""
+    b, t, h, d = q.shape
+    nkv = k.shape[2]
+    g = h // nkv
+    qg = _grouped(q, nkv)
+    lo = _first_live(live)
+
+    def query_block(i):
+        qi = _slice(qg, i, block)
+
+        def visit(j, carry):
+            def compute(carry):
+                m, l, acc = carry
+                s, _ = _logits(qi, _slice(k, j, block), scale, softcap)
+                mask = _block_mask(meta, i, j, block, window)
+                s = jnp.where(mask, s, -jnp.inf)
+                m_new = jnp.maximum(m, s.max(axis=-1))
+                # Rows with no visible key yet keep m = -inf; shift them by 0 instead.
+                shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+                p = jnp.exp(s - shift[..., None])
+                corr = jnp.exp(m - shift)
+                l = l * corr + p.sum(axis=-1)
+                pv = jnp.einsum("bkgqs,bskd->bkgqd", p, _slice(v, j, block).astype(_F32))
+                return m_new, l, acc * corr[..., None] + pv
+
+            return jax.lax.cond(live[i, j], compute, lambda c: c, carry)
+
+        init = (
+            jnp.full((b, nkv, g, block), -jnp.inf, _F32),
+            jnp.zeros((b, nkv, g, block), _F32),
+            jnp.zeros((b, nkv, g, block, d), _F32),
+        )
+        m, l, acc = jax.lax.fori_loop(lo[i], i + 1, visit, init)
+        seen = l > 0
+        out = acc / jnp.where(seen, l, 1.0)[..., None]
+        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), 0.0)
+        return out, lse
+
+    out, lse = jax.lax.map(query_block, jnp.arange(t // block))  # [n, B, K, G, bq, (D)]
+    out = jnp.transpose(out, (1, 0, 4, 2, 3, 5)).reshape(b, t, h, d).astype(q.dtype)
+    lse = jnp.transpose(lse, (1, 2, 3, 0, 4)).reshape(b, nkv, g, t)
+    return out, lse
+
+
+def _blockwise_backward(q, k, v, meta, live, out, lse, dout, *, scale, softcap, window, block):
+    b, t, h, d = q.shape
+    nkv = k.shape[2]
+    g = h // nkv
+    qg = _grouped(q, nkv)
+    dog = _grouped(dout, nkv).astype(_F32)
+    # delta_t = sum_d dO * O (FlashAttention-2, Algorithm 2, line 4), [B, K, G, T].
+    delta = jnp.einsum("btkgd,btkgd->bkgt", dog, _grouped(out, nkv).astype(_F32))
+    lo = _first_live(live)
+
+    def query_block(i, carry):
+        dq, dk, dv = carry
+        qi, doi = _slice(qg, i, block), _slice(dog, i, block)
+        lse_i = jax.lax.dynamic_slice_in_dim(lse, i * block, block, axis=3)
+        delta_i = jax.lax.dynamic_slice_in_dim(delta, i * block, block, axis=3)
+
+        def visit(j, carry):
+            def compute(carry):
+                dq_i, dk, dv = carry
+                kj, vj = _slice(k, j, block), _slice(v, j, block)
+                s, tanh = _logits(qi, kj, scale, softcap)
+                mask = _block_mask(meta, i, j, block, window)
+                p = jnp.where(mask, jnp.exp(s - lse_i[..., None]), 0.0)
+                dv_j = jnp.einsum("bkgqs,bqkgd->bskd", p, doi)
+                dp = jnp.einsum("bqkgd,bskd->bkgqs", doi, vj.astype(_F32))
+                ds = p * (dp - delta_i[..., None])
+                if tanh is not None:  # d(c tanh(x / c))/dx = 1 - tanh^2
+                    ds = ds * (1.0 - tanh * tanh)
+                ds = ds * scale
+                dq_i = dq_i + jnp.einsum("bkgqs,bskd->bqkgd", ds, kj.astype(_F32))
+                dk_j = jnp.einsum("bkgqs,bqkgd->bskd", ds, qi.astype(_F32))
+                dk = jax.lax.dynamic_update_slice_in_dim(dk, _slice(dk, j, block) + dk_j, j * block, 1)
+                dv = jax.lax.dynamic_update_slice_in_dim(dv, _slice(dv, j, block) + dv_j, j * block, 1)
+                return dq_i, dk, dv
+
+            return jax.lax.cond(live[i, j], compute, lambda c: c, carry)
+
+        dq_i = jnp.zeros((b, block, nkv, g, d), _F32)
+        dq_i, dk, dv = jax.lax.fori_loop(lo[i], i + 1, visit, (dq_i, dk, dv))
+        dq = jax.lax.dynamic_update_slice_in_dim(dq, dq_i, i * block, 1)
+        return dq, dk, dv
+
+    init = (
+        jnp.zeros((b, t, nkv, g, d), _F32),
+        jnp.zeros(k.shape, _F32),
+        jnp.zeros(v.shape, _F32),
+    )
+    dq, dk, dv = jax.lax.fori_loop(0, t // block, query_block, init)
+    return dq.reshape(q.shape).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _blockwise(q, k, v, segment_ids, branch_ids, positions, scale, softcap, window, block):
+    return _blockwise_fwd(
+        q, k, v, segment_ids, branch_ids, positions, scale, softcap, window, block
+    )[0]
+
+
+def _meta(segment_ids, branch_ids, positions):
+    index = jnp.broadcast_to(
+        jnp.arange(segment_ids.shape[1], dtype=jnp.int32), segment_ids.shape
+    )
+    return index, segment_ids, branch_ids, positions
+
+
+def _blockwise_fwd(q, k, v, segment_ids, branch_ids, positions, scale, softcap, window, block):
+    live = _live_blocks(segment_ids, branch_ids, positions, block, window)
+    meta = _meta(segment_ids, branch_ids, positions)
+    out, lse = _blockwise_forward(
+        q, k, v, meta, live, scale=scale, softcap=softcap, window=window, block=block
+    )
+    return out, (q, k, v, segment_ids, branch_ids, positions, live, out, lse)
+
+
+def _blockwise_bwd(scale, softcap, window, block, res, dout):
+    q, k, v, segment_ids, branch_ids, positions, live, out, lse = res
+    meta = _meta(segment_ids, branch_ids, positions)
+    dq, dk, dv = _blockwise_backward(
+        q, k, v, meta, live, out, lse, dout,
+        scale=scale, softcap=softcap, window=window, block=block,
+    )
+    return dq, dk, dv, None, None, None
+
+
+_blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
+
+
+def blockwise_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    segment_ids: Array,
+    branch_ids: Array,
+    positions: Array,
+    scale: float,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    block_size: int = 512,
+) -> Array:
+    """Self-attention over rows ``[B, T]`` under the mask rule, without any ``T x T`` array.
+
+    Rows are padded to a multiple of ``block_size`` with segment id -1 (a segment no real token
+    has), so the padding is invisible to the row and is cut off the output.
+    """
+    t = q.shape[1]
+    block = min(block_size, -(-t // 8) * 8)
+    pad = -t % block
+    if pad:
+        rows = ((0, 0), (0, pad))
+        q, k, v = (jnp.pad(x, rows + ((0, 0), (0, 0))) for x in (q, k, v))
+        segment_ids = jnp.pad(segment_ids, rows, constant_values=-1)
+        branch_ids = jnp.pad(branch_ids, rows)
+        positions = jnp.pad(positions, rows)
+    out = _blockwise(
+        q, k, v, segment_ids.astype(jnp.int32), branch_ids.astype(jnp.int32),
+        positions.astype(jnp.int32), float(scale),
+        None if softcap is None else float(softcap), sliding_window, block,
+    )
+    return out[:, :t]
+
+
+# ----------------------------------------------------------------------------- kernels (untested)
+
+
+def _pad_rows(block: int, q, k, v, segment_ids):
+    """Pads the row to a multiple of ``block`` with segment id -1, a segment no token has."""
+    pad = -q.shape[1] % block
+    if pad:
+        rows = ((0, 0), (0, pad))
+        q, k, v = (jnp.pad(x, rows + ((0, 0), (0, 0))) for x in (q, k, v))
+        segment_ids = jnp.pad(segment_ids, rows, constant_values=-1)
+    return q, k, v, segment_ids
+
+
+def _splash(q, k, v, segment_ids, *, scale, sliding_window, softcap, block_size,
+            interpret=False):
+    """TPU Pallas splash attention (segment ids + causal [+ local window] [+ soft-cap]); not run
+    on a TPU (checked against the dense path in Pallas interpret mode on CPU).
+
+    Without ``shard_map`` the kernel sees the global arrays; on a sharded mesh it should be
+    wrapped in ``shard_map`` over the batch (and head) axes, as MaxText does.
+    """
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    t, h = q.shape[1], q.shape[2]
+    block = min(block_size, -(-t // 128) * 128)
+    q, k, v, segment_ids = _pad_rows(block, q, k, v, segment_ids)
+    tp = q.shape[1]
+    mask = sm.CausalMask((tp, tp))
+    if sliding_window is not None:
+        # Row order = positions inside a segment when no row has branches (see module doc).
+        mask = sm.LogicalAnd(mask, sm.LocalMask((tp, tp), (sliding_window - 1, 0), offset=0))
+    kernel = sk.make_splash_mha(
+        sm.MultiHeadMask([mask] * h),
+        head_shards=1,
+        q_seq_shards=1,
+        block_sizes=sk.BlockSizes(
+            block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+            block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block),
+        attn_logits_soft_cap=softcap,
+        interpret=interpret,
+    )
+    # The kernel takes [heads, length, head_dim] per example and has no scale argument.
+    qh = jnp.swapaxes(q * jnp.asarray(scale, q.dtype), 1, 2)
+    kh, vh = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    seg = sk.SegmentIds(q=segment_ids, kv=segment_ids)
+    out = jax.vmap(kernel)(qh, kh, vh, segment_ids=seg)
+    return jnp.swapaxes(out, 1, 2)[:, :t]
+
+
+def _triton(q, k, v, segment_ids, *, scale, block_size=128, interpret=False):
+    """GPU Pallas (Triton) flash attention with segment ids and causal masking; not run on a
+    GPU (checked against the dense path in Pallas interpret mode on CPU)."""
+    from jax.experimental.pallas.ops.gpu import attention as gpu_attention
+
+    t = q.shape[1]
+    block = min(block_size, -(-t // 16) * 16)
+    q, k, v, segment_ids = _pad_rows(block, q, k, v, segment_ids)
+    group = q.shape[2] // k.shape[2]  # the kernel wants as many key heads as query heads
+    k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
+    sizes = gpu_attention.BlockSizes(block_q=block, block_k=block, block_q_dkv=block,
+                                     block_kv_dkv=block, block_q_dq=block, block_kv_dq=block)
+    out = gpu_attention.mha(q, k, v, segment_ids, sm_scale=scale, causal=True,
+                            block_sizes=sizes, interpret=interpret)
+    return out[:, :t]
+
+
+def _kernel_for_backend(backend: str, sliding_window, softcap):
+    if backend == "tpu":
+        return "splash"
+    if backend == "gpu" and sliding_window is None and softcap is None:
+        return "triton"
+    return None
+
+
+def attend(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    segment_ids: Array,
+    branch_ids: Array,
+    positions: Array,
+    scale: float,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    implementation: AttentionImpl = AttentionImpl.AUTO,
+    block_size: int = 512,
+) -> Array:
+    """Self-attention of a batch of rows under the ``docs/batch_layout.md`` mask rule.
+
+    q: ``[B, T, H, D]``; k, v: ``[B, T, K, D]`` (``H % K == 0``); segment_ids, branch_ids,
+    positions: ``[B, T]`` int. Returns ``[B, T, H, D]`` in q's dtype. ``scale`` multiplies the
+    logits before soft-capping. The implementation is chosen at trace time (module docstring).
+    """
+    implementation = AttentionImpl(implementation)
+    t = q.shape[1]
+
+    def dense():
+        index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), segment_ids.shape)
+        mask = attention_mask(index, index, segment_ids, segment_ids, branch_ids, branch_ids,
+                              positions, positions, sliding_window)
+        return dense_attention(q, k, v, mask=mask, scale=scale, softcap=softcap)
+
+    def blockwise():
+        return blockwise_attention(
+            q, k, v, segment_ids=segment_ids, branch_ids=branch_ids, positions=positions,
+            scale=scale, sliding_window=sliding_window, softcap=softcap, block_size=block_size,
+        )
+
+    if implementation is AttentionImpl.DENSE:
+        return dense()
+    if implementation is AttentionImpl.BLOCKWISE:
+        return blockwise()
+    kernel = _kernel_for_backend(jax.default_backend(), sliding_window, softcap)
+    if kernel is None:
+        return dense() if t <= block_size else blockwise()
+    if kernel == "splash":
+        def run_kernel(_):
+            return _splash(q, k, v, segment_ids, scale=scale, sliding_window=sliding_window,
+                           softcap=softcap, block_size=block_size)
+    else:
+        def run_kernel(_):
+            return _triton(q, k, v, segment_ids, scale=scale)
+    # The branch rule is beyond both kernels: prefix-shared batches take the blockwise path.
+    return jax.lax.cond(jnp.any(branch_ids != 0), lambda _: blockwise(), run_kernel, None)
