@@ -22,7 +22,7 @@ import pytest
 
 from fbjax import sharding as fsh
 from fbjax.data.templates import Segment, render
-from fbjax.models import checkpoints, hf, io
+from fbjax.models import checkpoints, hf, io, tiny
 from fbjax.models.decoder import Decoder, logits
 from fbjax.run import stages, start as startlib
 from fbjax.run.config import ModelSettings
@@ -40,20 +40,8 @@ TEXTS = (
 )
 
 
-def train_byte_bpe(texts, vocab_size: int, special_tokens) -> str:
-    """A byte-level BPE ``tokenizer.json`` (GPT-2 / Llama-3 style), as a JSON string."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(list(texts), trainer)
-    return tok.to_str()
+# A byte-level BPE tokenizer.json (GPT-2 / Llama-3 style) trained on texts, as a JSON string.
+train_byte_bpe = tiny.byte_level_tokenizer
 
 
 def write_tokenizer_dir(path: Path, *, special=(BOS, EOS), **files) -> Path:

@@ -19,7 +19,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,13 +29,13 @@ import pytest
 
 from fbjax import analysis
 from fbjax import checkpoint as ck
+from tests import cli_runs
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 40
 COMMAND = [
-    sys.executable, "-m", "fbjax.cli", "train", "--experiment", "experiments/sft_sim.py:tiny",
+    "train", "--experiment", "experiments/sft_sim.py:tiny",
     "--no-progress", "--set", f"train.steps={STEPS}",
 ]
 # The run is one training stage, "sft": its checkpoints are under <workdir>/sft/checkpoints.
@@ -49,33 +48,13 @@ def jax_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("jax_cache")
 
 
-def _env(jax_cache: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES"):  # one device, as a plain `fbjax train`
-        env.pop(name, None)
-    env["JAX_PLATFORMS"] = "cpu"
-    env["JAX_COMPILATION_CACHE_DIR"] = str(jax_cache)
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    return env
-
-
 def _start(workdir: Path, jax_cache: Path) -> tuple[subprocess.Popen, Path]:
     """Starts a training run; its stdout and stderr go to a log file next to the workdir."""
-    log = workdir.parent / f"{workdir.name}.{time.monotonic_ns()}.log"
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(COMMAND + ["--workdir", str(workdir)], cwd=REPO,
-                                env=_env(jax_cache), stdout=f, stderr=subprocess.STDOUT)
-    return proc, log
+    return cli_runs.start(COMMAND + ["--workdir", str(workdir)], workdir.parent, jax_cache)
 
 
 def _finish(proc: subprocess.Popen, log: Path) -> tuple[int, str]:
-    try:
-        rc = proc.wait(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"training run timed out; log:\n{log.read_text()[-4000:]}")
-    return rc, log.read_text()
+    return cli_runs.finish(proc, log, TIMEOUT)
 
 
 def _train(workdir: Path, jax_cache: Path) -> str:
