@@ -178,7 +178,8 @@ def describe_checkpoint(ckpt_dir: str | os.PathLike, step: int | None = None, *,
         return "\n".join(lines)
     config = extras.get("config") or {}
     lines.append(f"step: {chosen} (saved {meta['saved_at']})")
-    lines.append(f"experiment: {config.get('name', '(no config saved)')}")
+    # A run's checkpoints belong to one training stage; its saved config names the stage.
+    lines.append(f"stage: {config.get('name', '(no config saved)')}")
     if config:
         lines.append("config:")
         lines += [f"  {path} = {_json(value)}" for path, value in _flat_config(config)]

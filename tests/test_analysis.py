@@ -59,19 +59,20 @@ def test_inspect(workdir, policy, capsys):
     out = capsys.readouterr().out
     assert f"step: {FINAL} " in out and f"{FINAL}  complete, verified  <- chosen" in out
     assert f"parameters: {count:,} in " in out
-    assert "experiment: sft_sim" in out and 'name = "sft_sim"' in out
+    assert "stage: sft" in out and 'name = "sft"' in out
     assert "model.hidden_size = 32" in out and "lm_head" in out
     assert "data iterator state: {" in out and "loss = " in out
 
     # The checkpoints/ directory itself, and an older step.
-    assert cli.main(["inspect", str(workdir / "checkpoints"), "--step", str(FINAL - 2)]) == 0
+    assert cli.main(["inspect", str(workdir / "sft" / "checkpoints"), "--step",
+                     str(FINAL - 2)]) == 0
     assert f"step: {FINAL - 2} " in capsys.readouterr().out
     assert cli.main(["inspect", str(workdir), "--step", "3"]) == 2
     assert "no checkpoint at step 3" in capsys.readouterr().err
 
 
 def test_policy_identity(workdir, policy):
-    assert policy.step == FINAL and policy.config["name"] == "sft_sim"
+    assert policy.step == FINAL and policy.config["name"] == "sft"
     assert policy.model_config.hidden_size == 32 and policy.tokenizer is not None
     assert policy.metrics["loss"] > 0
     with pytest.raises(ValueError, match="no reference parameters"):
@@ -80,7 +81,7 @@ def test_policy_identity(workdir, policy):
 
 def test_restore_on_one_device_and_a_two_device_mesh_agree(workdir, policy):
     mesh = fsh.make_mesh(fsh.MeshConfig(shape=(1, 2, 1)), jax.devices()[:2])
-    sharded = analysis.load_policy(workdir / "checkpoints", FINAL, mesh=mesh)
+    sharded = analysis.load_policy(workdir / "sft" / "checkpoints", FINAL, mesh=mesh)
     embedding = sharded.params["embedding"]
     assert len(embedding.sharding.device_set) == 2 and not embedding.sharding.is_fully_replicated
     assert len(policy.params["embedding"].sharding.device_set) == 1
@@ -138,7 +139,7 @@ def test_export_hf_round_trip(policy, tmp_path):
 def test_corrupt_step_is_reported_and_skipped(workdir, policy, tmp_path, caplog):
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy)
-    state = copy / "checkpoints" / str(FINAL) / "state"
+    state = copy / "sft" / "checkpoints" / str(FINAL) / "state"
     victim = max((p for p in state.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[:-8])
 

@@ -129,7 +129,7 @@ def _state(workdir: str, step: int) -> dict[str, np.ndarray]:
 
     Read straight from Orbax with numpy targets, so the saving run's mesh does not matter.
     """
-    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    path = os.path.join(workdir, "sft", "checkpoints", str(step), "state")
     checkpointer = ocp.PyTreeCheckpointer()
     tree = checkpointer.metadata(path).item_metadata.tree
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
@@ -139,14 +139,14 @@ def _state(workdir: str, step: int) -> dict[str, np.ndarray]:
 
 
 def _extras(workdir: str, step: int) -> dict:
-    path = os.path.join(workdir, "checkpoints", str(step), "extras", "metadata")
+    path = os.path.join(workdir, "sft", "checkpoints", str(step), "extras", "metadata")
     with open(path) as f:
         return json.load(f)
 
 
 def _summary(workdir: str) -> dict:
     with open(os.path.join(workdir, "summary.json")) as f:
-        return json.load(f)["final"]
+        return json.load(f)["stages"]["sft"]
 
 
 def _max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray], prefix: str) -> float:
@@ -164,8 +164,8 @@ def _assert_same_state(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) 
 
 def _continue_from(src_workdir: str, step: int, dst_workdir: str) -> None:
     """A fresh workdir holding only ``src``'s checkpoint of ``step`` (commit marker included)."""
-    shutil.copytree(os.path.join(src_workdir, "checkpoints", str(step)),
-                    os.path.join(dst_workdir, "checkpoints", str(step)))
+    shutil.copytree(os.path.join(src_workdir, "sft", "checkpoints", str(step)),
+                    os.path.join(dst_workdir, "sft", "checkpoints", str(step)))
 
 
 def test_same_program_on_every_host(tmp_path):
@@ -208,7 +208,7 @@ def test_same_program_on_every_host(tmp_path):
     assert data_states[0] == data_states[1]
 
     # Logging, TensorBoard and the side files on process 0 only.
-    events = glob.glob(os.path.join(dirs["multi"], "tensorboard", "*tfevents*"))
+    events = glob.glob(os.path.join(dirs["multi"], "sft", "tensorboard", "*tfevents*"))
     assert len(events) == 1, events
     assert "parameter bytes replicated" in multi.output(0)
     assert "parameter bytes replicated" not in multi.output(1)
@@ -231,7 +231,7 @@ def test_dead_process_stops_the_others(tmp_path):
     run = Run(workdir, 2, str(tmp_path / "jax_cache"), steps=10_000)
     try:
         # Both processes are in the training loop once the first checkpoint is committed.
-        marker = os.path.join(workdir, "checkpoints", "2", "fbjax_commit.json")
+        marker = os.path.join(workdir, "sft", "checkpoints", "2", "fbjax_commit.json")
         deadline = time.monotonic() + RUN_TIMEOUT
         while not os.path.exists(marker):
             assert time.monotonic() < deadline, run.output(0)[-3000:]

@@ -392,7 +392,9 @@ def test_dpo_paper_variant_trains_from_the_checkpoint(tiny_ckpt, tmp_path, clean
     assert data.tokenizer_path == ""  # so the checkpoint's tokenizer.json is used
     cfg = dataclasses.replace(base, init_from="hf:tiny-org/tiny-llama",
                               checkpoint=CheckpointConfig(async_save=False),
-                              stages=(dataclasses.replace(stage, data=data),))
+                              # The reference in the train state (not the cache), to check it.
+                              stages=(dataclasses.replace(stage, data=data,
+                                                          reference_cache=False),))
     workdir = tmp_path / "run"
     summary = stages.run(cfg, workdir=str(workdir), progress=False)
 

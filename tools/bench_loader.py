@@ -50,7 +50,7 @@ from fbjax.data import encode, packing
 from fbjax.data.batching import BatchSpec, BatchStream
 from fbjax.data.hh_rlhf import read_hh_rlhf
 from fbjax.data.reading import ReadConfig
-from fbjax.tokenizer import train_sentencepiece
+from fbjax.tokenizers import train_sentencepiece
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FILE = os.path.join(REPO, "..", "shared", "data", "hh-rlhf", "harmless-base",

@@ -299,7 +299,8 @@ def load_judge(
     a path that is not an existing directory is an error. ``options`` go to :class:`LocalJudge`.
     """
     from fbjax import analysis
-    from fbjax import tokenizer as tok
+    from fbjax.models.checkpoints import run_checkpoint_root
+    from fbjax.tokenizers import load_tokenizer
     from fbjax.models import hf
     from fbjax.models import io as model_io
 
@@ -307,8 +308,8 @@ def load_judge(
     if not os.path.isdir(path):
         raise FileNotFoundError(f"judge checkpoint {path!r} is not a local directory (judges "
                                 "are never downloaded)")
-    # A run's workdir also holds a config.json (the experiment's), so checkpoints/ decides.
-    is_run = os.path.isdir(os.path.join(path, analysis.CHECKPOINTS_SUBDIR))
+    # A run's workdir also holds a config.json (the experiment's), so its checkpoints decide.
+    is_run = run_checkpoint_root(path) is not None
     if is_run or not os.path.isfile(os.path.join(path, hf.CONFIG_FILE)):
 
         policy = analysis.load_policy(path, step)
@@ -324,4 +325,4 @@ def load_judge(
         raise ValueError(f"judge checkpoint {path} is a reward model (no language-model head); "
                          "use feedback.RewardModelScores for it")
     params = jax.tree.map(jax.numpy.asarray, params)
-    return LocalJudge(params, config, tok.load_tokenizer(path), template, **options)
+    return LocalJudge(params, config, load_tokenizer(path), template, **options)

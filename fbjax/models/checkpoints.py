@@ -18,13 +18,11 @@ from typing import Any, Mapping
 
 from fbjax.models import hf
 from fbjax.models import io as model_io
-from fbjax.models.config import ModelConfig
+from fbjax.models.config import TRAINING_ONLY_FIELDS, ModelConfig
 
 HF_PREFIX = "hf:"
 HF_DIR_ENV = "FBJAX_HF_DIR"
-# Settings that change how a model is trained, not which weights it has.
-TRAINING_ONLY_FIELDS = ("dtype", "param_dtype", "remat", "init_std", "attention_impl",
-                        "attention_block_size")
+
 
 
 def hub_cache_dir(environ: Mapping[str, str] | None = None) -> str:

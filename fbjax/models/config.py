@@ -103,6 +103,12 @@ class AttentionImpl(str, enum.Enum):
     BLOCKWISE = "blockwise"  # online softmax over live key blocks, memory linear in the row
 
 
+# Settings that change how a model is trained or computed, not which weights it has: not part of
+# a checkpoint's architecture (compared with an experiment's, or written to a Hugging Face config).
+TRAINING_ONLY_FIELDS = ("dtype", "param_dtype", "remat", "init_std", "attention_impl",
+                        "attention_block_size")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """Shape and architecture of a decoder-only transformer.

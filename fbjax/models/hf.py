@@ -42,6 +42,7 @@ import numpy as np
 # The project's one checkpoint error; re-exported here for callers of this module.
 from fbjax.checkpoint.errors import CheckpointError
 from fbjax.models.config import (
+    TRAINING_ONLY_FIELDS,
     Activation,
     Family,
     ModelConfig,
@@ -450,7 +451,8 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     if back != config:
         wrong = {f.name: (getattr(config, f.name), getattr(back, f.name))
                  for f in dataclasses.fields(config)
-                 if getattr(config, f.name) != getattr(back, f.name) and f.name != "param_dtype"}
+                 if getattr(config, f.name) != getattr(back, f.name)
+                 and f.name not in TRAINING_ONLY_FIELDS}
         if wrong:
             detail = ", ".join(f"{k}={got!r} (the {config.family.value} class gives {want!r})"
                                for k, (got, want) in wrong.items())

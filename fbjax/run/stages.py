@@ -54,6 +54,7 @@ class Trained:
     history: list[dict[str, float]]
     examples: int
     seconds: float
+    step: int = 0  # the step trained to (a preempted run stops before train.steps)
 
 
 @dataclasses.dataclass
@@ -147,6 +148,10 @@ def run(config: ExperimentConfig, *, workdir: str, progress: bool = True) -> dic
     for stage in config.stages:
         if isinstance(stage, TrainStage):
             ctx.outputs[stage.name] = train_stage(ctx, stage)
+            if ctx.outputs[stage.name].step < stage.train.steps:
+                # Preempted (SIGTERM): the stage saved its step; later stages wait for the
+                # same command to run again.
+                break
         elif isinstance(stage, OnlineStage):
             ctx.outputs[stage.name] = online_stage(ctx, stage)
         elif isinstance(stage, SampleStage):
@@ -166,10 +171,11 @@ def run(config: ExperimentConfig, *, workdir: str, progress: bool = True) -> dic
         summary["sft"] = evals[-1].baseline
         summary["methods"] = evals[-1].rows
     loop.write_summary(ctx.workdir, summary)
-    if not evals:
-        last = config.train_stages[-1].name if config.train_stages else None
-        final = summary["stages"].get(last, {})
-        print(f"{config.name}: {last} step {int(final.get('step', 0))} "
+    ran = [s.name for s in config.train_stages if s.name in ctx.outputs]
+    if not evals and ran:
+        last = ran[-1]
+        final, trained = summary["stages"].get(last, {}), ctx.outputs[last]
+        print(f"{config.name}: {last} step {trained.step} "
               f"loss {final.get('loss', float('nan')):.4f}")
     return summary
 
@@ -287,7 +293,8 @@ def _fit(ctx: Run, stage, resolved, stage_dir: str, model, params, groups,
     # With LoRA the stage's result is the base with its adapters merged: what later stages start
     # from, sample and evaluate.
     return Trained(model=model, params=result.policy_params(), history=history,
-                   examples=len(groups), seconds=time.perf_counter() - t0)
+                   examples=len(groups), seconds=time.perf_counter() - t0,
+                   step=int(result.state.step))
 
 
 def online_stage(ctx: Run, stage: OnlineStage) -> Trained:
@@ -350,7 +357,7 @@ def online_stage(ctx: Run, stage: OnlineStage) -> Trained:
         with open(os.path.join(stage_dir, "rounds.json"), "w") as f:
             json.dump(rounds, f, indent=2)
     return Trained(model=model, params=params, history=history, examples=examples,
-                   seconds=seconds)
+                   seconds=seconds, step=trained.step)
 
 
 def _lineage(config: ExperimentConfig, stage: TrainStage) -> list:
@@ -372,7 +379,11 @@ def caches_reference(objective) -> bool:
     names = [p.name for p in inspect.signature(objective.loss).parameters.values()
              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     reads = [n for n in names if n.startswith(("ref_", "old_"))]
-    return not objective.reads_reference and all("token" not in n for n in reads)
+    # NFT reads the rollout policy's per-token log-probs, ALT whole reference distributions
+    # (KL(ref || policy)): those need the reference in the step.
+    if objective.reads_reference or objective.reads_distributions:
+        return False
+    return all("token" not in n for n in reads)
 
 
 def _rewrite_history(path: str, upto: int) -> None:

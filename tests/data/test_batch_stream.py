@@ -16,7 +16,7 @@ from fbjax.data import encode, packing
 from fbjax.data.batching import BatchSpec, BatchStream
 from fbjax.data.hh_rlhf import read_hh_rlhf
 from fbjax.data.reading import ReadConfig
-from fbjax.tokenizer import train_sentencepiece
+from fbjax.tokenizers import train_sentencepiece
 
 REAL_TEST_SPLIT = (Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hh-rlhf"
                    / "harmless-base" / "test.jsonl.gz")

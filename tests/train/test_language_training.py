@@ -310,7 +310,7 @@ def test_chain_of_hindsight(env):
 
 def test_leti(env):
     groups = dl.leti_groups(_feedback_records(env), env.tok)
-    params, _ = train(env, li.leti(), groups, steps=60, rows=8)
+    params, _ = train(env, li.leti(), groups, steps=120, rows=8)
     # The bad condition as trained: bad token and the critique before the problem.
     _check_conditioning(env, params, lambda p: templates.leti_prompt(p, templates.GOOD_TOKEN),
                         lambda p, b: templates.leti_prompt(p, templates.BAD_TOKEN,
@@ -430,7 +430,7 @@ def test_cut_lowers_flagged_tokens(env):
     flagged = np.asarray(L.cut_inappropriate_tokens(plain0[None], judged0[None],
                                                     np.ones((1, len(plain0)))))[0] > 0
     assert 0 < flagged.sum() < len(flagged)
-    params, history = train(env, li.cut(), groups, steps=60)
+    params, history = train(env, li.cut(), groups, steps=120)
     assert 0.0 < history[-1]["cut/flagged_fraction"] < 1.0
     plain1 = np.concatenate(token_logps(env, params, [p for p, _ in pairs]))
     delta = plain1 - plain0
