@@ -32,6 +32,7 @@ from fbjax import sampling
 from fbjax.data import encode, packing
 from fbjax.models.config import ModelConfig
 from fbjax.models.decoder import Decoder
+from fbjax.objectives.logprobs import CHUNK
 from fbjax.train import step as steplib
 
 
@@ -56,7 +57,7 @@ def sequence_logps(
     groups: Sequence[packing.Group],
     *,
     rows: int = 64,
-    chunk_size: int = 8192,
+    chunk_size: int = CHUNK,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Summed log-probs and token counts of every completion, in group order (flattened)."""
     logps, lengths, _ = _score_sequences(params, config, groups, rows=rows, chunk_size=chunk_size)
@@ -69,7 +70,7 @@ def sequence_rewards(
     groups: Sequence[packing.Group],
     *,
     rows: int = 64,
-    chunk_size: int = 8192,
+    chunk_size: int = CHUNK,
 ) -> np.ndarray:
     """A reward model's score (``ModelConfig.reward_head``) of every completion given its
     prompt, in group order (flattened)."""
@@ -136,7 +137,7 @@ def sample(
 
 def kl_per_sequence(
     params: Any, ref_params: Any, config: ModelConfig, samples: Samples, *,
-    chunk_size: int = 8192,
+    chunk_size: int = CHUNK,
 ) -> np.ndarray:
     """``log pi(y|x) - log pi_ref(y|x)`` for every sample ``y`` (float64 ``[N]``): one-sample
     estimates of ``KL(pi(.|x) || pi_ref(.|x))``, the sequence-level KL of the policy's own
@@ -148,7 +149,7 @@ def kl_per_sequence(
 
 def kl_to_reference(
     params: Any, ref_params: Any, config: ModelConfig, samples: Samples, *,
-    chunk_size: int = 8192,
+    chunk_size: int = CHUNK,
 ) -> float:
     """``E_{y ~ policy}[log pi(y|x) - log pi_ref(y|x)]`` over the policy's own samples.
 
@@ -189,7 +190,7 @@ def implicit_rewards(
     pairs: Sequence[packing.Group],
     *,
     beta: float = 1.0,
-    chunk_size: int = 8192,
+    chunk_size: int = CHUNK,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(chosen, rejected)`` implicit rewards ``beta * (log pi(y|x) - log pi_ref(y|x))``
     (Rafailov et al. 2023, arXiv 2305.18290, Eq. 5 without the prompt-only ``beta log Z(x)``,
@@ -211,7 +212,7 @@ def preference_metrics(
     pairs: Sequence[packing.Group],
     *,
     beta: float = 1.0,
-    chunk_size: int = 8192,
+    chunk_size: int = CHUNK,
 ) -> dict[str, float]:
     """Held-out preference metrics, named as the DPO objective logs them in training:
     ``rewards/accuracy`` (chosen reward strictly higher), ``rewards/chosen``,
@@ -231,7 +232,7 @@ def preference_metrics(
 
 def preference_accuracy(
     params: Any, ref_params: Any, config: ModelConfig, pairs: Sequence[packing.Group], *,
-    chunk_size: int = 8192,
+    chunk_size: int = CHUNK,
 ) -> float:
     """Fraction of held-out pairs (chosen, rejected) whose implicit reward
     ``log pi(y|x) - log pi_ref(y|x)`` is strictly higher for the chosen completion."""
@@ -252,7 +253,7 @@ def evaluate_on_task(
     ref_params: Any = None,
     baseline: Samples | None = None,
     prompt_transform=None,
-    chunk_size: int = 8192,
+    chunk_size: int = CHUNK,
 ) -> tuple[dict[str, float], Samples]:
     """Oracle reward of the policy's samples, plus win rate vs ``baseline`` and KL to
     ``ref_params`` when given. ``prompt_transform`` rewrites the prompt the policy sees (e.g.

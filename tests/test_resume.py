@@ -221,3 +221,30 @@ def test_corrupt_latest_checkpoint_falls_back_on_resume(reference_params, backgr
     assert _file_hashes(root / str(previous)) == run.hashes_before  # the fallback is untouched
     assert ck.list_steps(root)[-2:] == [previous, STEPS]  # and the corrupt one was replaced
     assert _param_bytes(run.workdir, STEPS) == reference_params  # an exact resume from there
+
+
+def test_ten_sigkills_at_random_times_then_the_same_numbers(reference, reference_params,
+                                                            jax_cache, tmp_path):
+    """One run killed with SIGKILL ten times, each at a random moment after its (re)start (while
+    starting, stepping, writing or committing a checkpoint), restarted with the same command
+    each time: it ends with the uninterrupted run's parameters and data position."""
+    rng = np.random.default_rng(1234)
+    workdir = tmp_path / "ten_kills"
+    root = workdir / CKPT
+    kills = 0
+    while kills < 10:
+        proc, log = _start(workdir, jax_cache)
+        time.sleep(float(rng.uniform(0.5, 4.0)))
+        if proc.poll() is not None:  # finished before the kill: start over to kill it again
+            rc, text = _finish(proc, log)
+            assert rc == 0, text[-4000:]
+            shutil.rmtree(workdir)
+            continue
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    text = _train(workdir, jax_cache)
+    assert ck.list_steps(root)[-1] == STEPS, text[-4000:]
+    assert _param_bytes(workdir, STEPS) == reference_params
+    assert (ck.read_extras(root, STEPS)["data_state"]
+            == ck.read_extras(reference / CKPT, STEPS)["data_state"])

@@ -17,6 +17,7 @@ from fbjax import evaluation
 from fbjax.data import encode, packing
 from fbjax.feedback.provider import Responses, split_scores
 from fbjax.models.config import ModelConfig
+from fbjax.objectives.logprobs import CHUNK
 
 
 def response_groups(batch: Responses, tokenizer: Any) -> list[packing.Group]:
@@ -37,7 +38,7 @@ class RewardModelScores:
     model_config: ModelConfig
     tokenizer: Any = dataclasses.field(repr=False)
     rows: int = 64
-    chunk_size: int = 8192
+    chunk_size: int = CHUNK
 
     def __post_init__(self):
         if not self.model_config.reward_head:

@@ -24,12 +24,18 @@ import numpy as np
 Array = jax.Array
 
 
+# The vocabulary chunk of the log-softmax, the one default every caller shares (training, the
+# reference cache, evaluation, feedback providers; ``train.logprob_chunk`` sets it per run):
+# memory grows with the chunk, not with the vocabulary.
+CHUNK = 8192
+
+
 def softcap(logits: Array, cap: float | None) -> Array:
     """``cap * tanh(logits / cap)`` (Gemma 2's final-logit soft-capping); identity for None."""
     return logits if cap is None else cap * jnp.tanh(logits / cap)
 
 
-def chunked_logsumexp(hidden_BxLxD: Array, w_DxV: Array, *, chunk_size: int = 8192,
+def chunked_logsumexp(hidden_BxLxD: Array, w_DxV: Array, *, chunk_size: int = CHUNK,
                       cap: float | None = None) -> Array:
     """``logsumexp(softcap(hidden @ w, cap), axis=-1)`` in float32 without materialising all V
     logits.
@@ -98,7 +104,7 @@ def token_logps(
     tokens_BxL: Array,
     predictor_BxL: Array,
     *,
-    chunk_size: int = 8192,
+    chunk_size: int = CHUNK,
     loss_mask_BxL: Array | None = None,
     max_scored: int | None = None,
     cap: float | None = None,
@@ -177,7 +183,7 @@ def token_kl_and_entropy(
     ref_w_DxV: Array,
     predictor_BxL: Array,
     *,
-    chunk_size: int = 8192,
+    chunk_size: int = CHUNK,
 ) -> tuple[Array, Array]:
     """Full-vocabulary ``KL(ref || policy)`` and policy entropy of the distribution that predicts
     each token (read at ``predictor[t]``, as :func:`token_logps`), ``[B, L]`` each, float32.

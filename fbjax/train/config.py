@@ -6,11 +6,8 @@ import dataclasses
 from typing import Any
 
 from fbjax.models.lora import LoraConfig
+from fbjax.objectives.logprobs import CHUNK as LOGPROB_CHUNK  # noqa: E402  (the one default)
 from fbjax.train.nonfinite import NonFinitePolicy
-
-# One vocabulary chunk for the log-softmax everywhere (training, reference cache, evaluation):
-# memory of the loss grows with the chunk, not with the vocabulary.
-LOGPROB_CHUNK = 8192
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

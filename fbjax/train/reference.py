@@ -47,6 +47,7 @@ from fbjax.data import packing
 from fbjax.models.config import ModelConfig
 from fbjax.models.decoder import Decoder
 from fbjax.objectives import logprobs
+from fbjax.objectives.logprobs import CHUNK
 from fbjax.train import step as steplib
 
 # 2: the values carry a sha256 (format 1 files are refused by name, or ignored by the default key).
@@ -193,7 +194,7 @@ def compute_reference_logps(
     num_rows: int = 8,
     seq_len: int | None = None,
     num_slots: int = 32,
-    chunk_size: int = 8192,
+    chunk_size: int = CHUNK,
     mesh: Mesh | None = None,
     rules: fsh.Rules = fsh.RULES_FSDP_TP,
 ) -> list[np.ndarray]:

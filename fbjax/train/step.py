@@ -18,10 +18,11 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fbjax import sharding as fsh
-from fbjax.models.config import ModelConfig
 from fbjax.models import lora as loralib
+from fbjax.models.config import ModelConfig
 from fbjax.models.decoder import Decoder, has_lm_head, output_projection, token_rewards
 from fbjax.objectives import logprobs
+from fbjax.objectives.logprobs import CHUNK
 from fbjax.train.objective import Objective, SequenceStats, apply_objective
 from fbjax.train.state import TrainState
 
@@ -186,7 +187,7 @@ def train_step(
     objective: Objective,
     optimizer: optax.GradientTransformation,
     microbatches: int = 1,
-    chunk_size: int = 8192,
+    chunk_size: int = CHUNK,
     lora: loralib.LoraConfig | None = None,
     base: Any = None,
     max_scored: int | None = None,
@@ -412,7 +413,7 @@ def make_train_step(
     state_sharding: TrainState,
     batch_sharding: dict[str, NamedSharding],
     microbatches: int = 1,
-    chunk_size: int = 8192,
+    chunk_size: int = CHUNK,
     lora: loralib.LoraConfig | None = None,
     base: Any = None,
     max_scored: int | None = None,
