@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from fbjax.data import examples as ex
 from fbjax.feedback.provider import Failure, Feedback
+from fbjax.run.files import write_json
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -77,10 +77,7 @@ def save_feedback(path: str, feedback: Feedback) -> None:
         else [np.asarray(s, np.float64).tolist() for s in feedback.scores],
         "stats": {k: float(v) for k, v in feedback.stats.items()},
     }
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    write_json(path, data)
 
 
 def load_feedback(path: str) -> Feedback:
@@ -101,11 +98,8 @@ def load_feedback(path: str) -> Feedback:
 
 def save_responses(path: str, prompts: Sequence[str], responses: Sequence[Sequence[str]],
                    metadata: Sequence[Mapping[str, Any]]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"prompts": list(prompts), "responses": [list(r) for r in responses],
-                   "metadata": [dict(m) for m in metadata]}, f)
-    os.replace(tmp, path)
+    write_json(path, {"prompts": list(prompts), "responses": [list(r) for r in responses],
+                      "metadata": [dict(m) for m in metadata]})
 
 
 def load_responses(path: str):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import zlib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -24,6 +23,7 @@ from fbjax import evaluation, sampling, sim
 from fbjax.data import encode
 from fbjax.data.packing import Group
 from fbjax.models.config import ModelConfig
+from fbjax.run.files import write_json
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -106,11 +106,8 @@ class SamplePool:
 
     def save(self, path: str) -> None:
         """Written whole or not at all (a temporary file renamed into place)."""
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"prompts": self.prompts, "texts": self.texts,
-                       "rewards": np.asarray(self.rewards).tolist()}, f)
-        os.replace(tmp, path)
+        write_json(path, {"prompts": self.prompts, "texts": self.texts,
+                          "rewards": np.asarray(self.rewards).tolist()})
 
     @classmethod
     def load(cls, path: str) -> "SamplePool":

@@ -33,7 +33,7 @@ import numpy as np
 
 from fbjax import checkpoint, evaluation, sampling
 from fbjax import sharding as fsh
-from fbjax.run import online, report, sim, start as startlib
+from fbjax.run import files, online, report, sim, start as startlib
 from fbjax.run.config import (EvalStage, ExperimentConfig, OnlineStage, SampleStage, StageEval,
                               TrainStage)
 from fbjax.run.overrides import dumps, to_jsonable
@@ -390,11 +390,7 @@ def _rewrite_history(path: str, upto: int) -> None:
     """Drops logged lines past the step a run resumes from (they are logged again)."""
     if jax.process_index() != 0 or not os.path.exists(path):
         return
-    rows = _history(path, upto)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(tmp, path)
+    files.write_whole(path, "".join(json.dumps(r) + "\n" for r in _history(path, upto)))
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -439,10 +435,7 @@ def _cached(path: str, compute):
             return json.load(f)
     value = compute()
     if jax.process_index() == 0:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(value, f, indent=2)
-        os.replace(tmp, path)
+        files.write_json(path, value, indent=2)
     return value
 
 
