@@ -134,11 +134,17 @@ def prepare(config: ExperimentConfig, *, workdir: str, progress: bool = True) ->
         if os.path.exists(workdir) and not os.path.isdir(workdir):
             raise NotADirectoryError(f"--workdir {workdir} is a file, not a directory")
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(dumps(dataclasses.replace(config, model=model)))
+        # A rerun rewrites it only once its stages have accepted the config (a changed config
+        # is refused at the first restored stage, and must not overwrite the run's record).
+        if not os.path.exists(os.path.join(workdir, "config.json")):
+            _write_config(workdir, dataclasses.replace(config, model=model))
         save_tokenizer(tokenizer, workdir)
     return Run(config=config, workdir=workdir, progress=progress, mesh=mesh, model=model,
                tokenizer=tokenizer, start=start)
+
+
+def _write_config(workdir: str, config: ExperimentConfig) -> None:
+    files.write_whole(os.path.join(workdir, "config.json"), dumps(config))
 
 
 def run(config: ExperimentConfig, *, workdir: str, progress: bool = True) -> dict[str, Any]:
@@ -171,6 +177,8 @@ def run(config: ExperimentConfig, *, workdir: str, progress: bool = True) -> dic
         summary["sft"] = evals[-1].baseline
         summary["methods"] = evals[-1].rows
     loop.write_summary(ctx.workdir, summary)
+    if jax.process_index() == 0:
+        _write_config(ctx.workdir, dataclasses.replace(config, model=ctx.model))
     ran = [s.name for s in config.train_stages if s.name in ctx.outputs]
     if not evals and ran:
         last = ran[-1]
