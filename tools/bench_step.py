@@ -61,13 +61,27 @@ from fbjax.train.optim import OptimizerConfig, make_optimizer  # noqa: E402
 OBJECTIVES = {"sft": presets.sft, "dpo": lambda: presets.dpo(beta=0.1), "kto": presets.kto}
 
 
-def model_config(size: str, vocab: int, max_seq_len: int) -> mc.ModelConfig:
-    """``LAYERSxHIDDEN`` -> a Llama config (head dim 64, GQA 2:1, SwiGLU 8/3 x hidden)."""
+# Named shapes of real checkpoints (random weights: only the shapes matter for speed).
+# Llama 3.2 1B: its config.json (16 layers, 2048 wide, 32 query / 8 key-value heads of 64,
+# SwiGLU 8192, 128,256-token vocabulary, tied embeddings): 1.24e9 parameters.
+PRESETS = {
+    "llama-1b": dict(vocab_size=128_256, hidden_size=2048, num_layers=16, num_heads=32,
+                     num_kv_heads=8, mlp_dim=8192, tie_embeddings=True, rope_theta=500_000.0),
+}
+
+
+def model_config(size: str, vocab: int, max_seq_len: int, **settings) -> mc.ModelConfig:
+    """``LAYERSxHIDDEN`` -> a Llama config (head dim 64, GQA 2:1, SwiGLU 8/3 x hidden), or a
+    name from :data:`PRESETS` (its own vocabulary; ``vocab`` is ignored). ``settings`` are
+    numerical settings (dtype, param_dtype, remat, attention_impl)."""
+    if size in PRESETS:
+        return mc.llama(**PRESETS[size], max_seq_len=max_seq_len, **settings)
     layers, hidden = (int(x) for x in size.lower().split("x"))
     heads = max(hidden // 64, 2)
     mlp = max(64, int(round(hidden * 8 / 3 / 64)) * 64)
     return mc.llama(vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads,
-                    num_kv_heads=max(heads // 2, 1), mlp_dim=mlp, max_seq_len=max_seq_len)
+                    num_kv_heads=max(heads // 2, 1), mlp_dim=mlp, max_seq_len=max_seq_len,
+                    **settings)
 
 
 def matmul_params(params, config: mc.ModelConfig) -> int:
@@ -174,7 +188,8 @@ def build_case(reference_mode, *, model, config, objective, params, groups, mesh
     batches = [{k: jax.device_put(v, bsh[k]) for k, v in b.items()} for b in batches]
     step_fn = steplib.make_train_step(
         model=model, objective=objective, optimizer=optimizer, mesh=mesh, rules=rules,
-        state_sharding=shardings, batch_sharding=bsh, chunk_size=args.chunk)
+        state_sharding=shardings, batch_sharding=bsh, chunk_size=args.chunk,
+        max_scored=args.max_scored)
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, batches[0]).compile()
     compile_s = time.perf_counter() - t0
@@ -185,13 +200,16 @@ def build_case(reference_mode, *, model, config, objective, params, groups, mesh
 def bench_one(objective_name: str, size: str, seq_len: int, args) -> list[dict]:
     """Times the step for one (objective, size, length); with ``--reference both``, the
     in-step and cached-reference steps are timed alternately, step by step."""
-    config = model_config(size, args.vocab, seq_len)
+    settings = dict(dtype=args.dtype, param_dtype=args.param_dtype, remat=args.remat,
+                    attention_impl=mc.AttentionImpl(args.attention))
+    config = model_config(size, args.vocab, seq_len, **settings)
+    vocab = config.vocab_size
     model = Decoder(config)
     objective = OBJECTIVES[objective_name]()
     mesh = fsh.make_mesh(fsh.MeshConfig(shape=(1, -1, 1)))
     rules = fsh.RULES_FSDP_TP
     params = steplib.init_params(model, jax.random.key(0), mesh, rules)
-    groups = random_groups(objective_name, seq_len, args.vocab, 4 * args.rows * args.slots,
+    groups = random_groups(objective_name, seq_len, vocab, 4 * args.rows * args.slots,
                            args.seed)
     if not objective.needs_reference:
         modes = ["none"]
@@ -220,7 +238,12 @@ def bench_one(objective_name: str, size: str, seq_len: int, args) -> list[dict]:
             "objective": objective_name,
             "size": size,
             "matmul_params": n,
-            "vocab": args.vocab,
+            "vocab": vocab,
+            "dtype": args.dtype,
+            "param_dtype": args.param_dtype,
+            "remat": args.remat,
+            "attention": args.attention,
+            "max_scored": args.max_scored,
             "seq_len": seq_len,
             "rows": args.rows,
             "layout": args.layout,
@@ -262,6 +285,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                    help="reference log-probs of DPO/KTO: computed in the step, precomputed, or "
                         "both timed alternately")
     p.add_argument("--vocab", type=int, default=8000)
+    p.add_argument("--dtype", default="float32", help="matmul dtype (bfloat16 on accelerators)")
+    p.add_argument("--param-dtype", default="float32")
+    p.add_argument("--remat", choices=("none", "block", "dots"), default="none")
+    p.add_argument("--attention", choices=[i.value for i in mc.AttentionImpl], default="auto")
+    p.add_argument("--max-scored", type=int, default=None,
+                   help="LM head on at most this many scored positions per row (default: all)")
     p.add_argument("--chunk", type=int, default=8192, help="log-softmax vocabulary chunk")
     p.add_argument("--batches", type=int, default=3, help="distinct batches cycled through")
     p.add_argument("--warmup", type=int, default=2)
