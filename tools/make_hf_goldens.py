@@ -29,7 +29,8 @@ import numpy as np
 FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gpt2")
 # Goldens beyond the original five: new families, and features switched on in old ones.
 VARIANTS = ("llama3_rope", "llama_linear_rope", "llama_dynamic_rope", "llama_yarn_rope",
-            "qwen2_partial_swa", "qwen3", "gemma2", "gemma3_text", "gpt_neox", "phi3", "olmo2")
+            "qwen2_partial_swa", "qwen3", "gemma2", "gemma3_text", "gpt_neox", "phi3", "olmo2",
+            "phi3_longrope")
 GOLDENS = FAMILIES + VARIANTS
 VOCAB = 97
 SEQ_LEN = 12
@@ -112,6 +113,16 @@ def tiny_config(family: str):
         return tr.Phi3Config(**{k: v for k, v in _COMMON.items() if k != "head_dim"},
                              sliding_window=5, partial_rotary_factor=0.5,
                              tie_word_embeddings=False)
+    if family == "phi3_longrope":
+        # Phi-3 128k's RoPE: the 12-token sequence is past original_max_position_embeddings (8)
+        # and takes long_factor; the 7- and 5-token ones take short_factor.
+        return tr.Phi3Config(**{k: v for k, v in _COMMON.items() if k != "head_dim"},
+                             rope_parameters=dict(
+                                 rope_type="longrope", rope_theta=10000.0,
+                                 short_factor=[1.0, 1.3, 2.1, 3.4],
+                                 long_factor=[1.5, 4.0, 9.0, 20.0],
+                                 original_max_position_embeddings=8),
+                             original_max_position_embeddings=8, tie_word_embeddings=False)
     if family == "olmo2":
         return tr.Olmo2Config(**{k: v for k, v in _COMMON.items() if k != "head_dim"},
                               tie_word_embeddings=False)

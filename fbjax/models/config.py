@@ -58,6 +58,7 @@ class RopeType(str, enum.Enum):
     DYNAMIC = "dynamic"  # NTK-aware base growth with the sequence length (bloc97/emozilla)
     LLAMA3 = "llama3"  # Llama 3.1's band-wise frequency scaling
     YARN = "yarn"  # Peng et al. 2023, arXiv:2309.00071
+    LONGROPE = "longrope"  # Ding et al. 2024, arXiv:2402.13753 (Phi-3's 128k checkpoints)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -68,8 +69,11 @@ class RopeScaling:
     pre-training context (llama3 and yarn); None means ``ModelConfig.max_seq_len``, as
     transformers defaults ``original_max_position_embeddings`` to ``max_position_embeddings``. ``low_freq_factor`` /
     ``high_freq_factor``: llama3's band edges. ``beta_fast`` / ``beta_slow``, ``truncate``: yarn's
-    correction range (its paper's Eq. 17-18 defaults 32 / 1). ``attention_factor``: yarn's cos/sin
-    multiplier; None means the paper's ``0.1 ln(factor) + 1`` (Eq. 21).
+    correction range (its paper's Eq. 17-18 defaults 32 / 1). ``attention_factor``: yarn's and
+    longrope's cos/sin multiplier; None means yarn's ``0.1 ln(factor) + 1`` (Eq. 21) or
+    longrope's ``sqrt(1 + ln(factor) / ln(original_max_len))``. ``short_factor`` /
+    ``long_factor``: longrope's per-frequency divisors (one per rotary pair) for sequences up to
+    and beyond ``original_max_len``.
     """
 
     kind: RopeType = RopeType.DEFAULT
@@ -81,8 +85,14 @@ class RopeScaling:
     beta_slow: float = 1.0
     truncate: bool = True
     attention_factor: float | None = None
+    short_factor: tuple[float, ...] | None = None
+    long_factor: tuple[float, ...] | None = None
 
     def __post_init__(self):
+        for name in ("short_factor", "long_factor"):
+            value = getattr(self, name)
+            if value is not None:  # lists from JSON or --set; tuples keep the config hashable
+                object.__setattr__(self, name, tuple(float(x) for x in value))
         if not isinstance(self.kind, RopeType):
             try:
                 object.__setattr__(self, "kind", RopeType(self.kind))
@@ -93,6 +103,13 @@ class RopeScaling:
                 ) from None
         if self.kind is not RopeType.DEFAULT and self.factor <= 0:
             raise ValueError(f"model.rope_scaling.factor={self.factor} must be > 0")
+        if self.kind is RopeType.LONGROPE:
+            if self.short_factor is None or self.long_factor is None:
+                raise ValueError("model.rope_scaling: longrope needs short_factor and long_factor")
+            if len(self.short_factor) != len(self.long_factor):
+                raise ValueError(
+                    f"model.rope_scaling: short_factor has {len(self.short_factor)} entries and "
+                    f"long_factor {len(self.long_factor)}; they must match")
 
 
 class AttentionImpl(str, enum.Enum):
@@ -225,6 +242,11 @@ class ModelConfig:
             )
         if self.remat not in ("none", "block", "dots"):
             raise ValueError(f"model.remat={self.remat!r}; choose 'none', 'block' or 'dots'")
+        factors = self.rope_scaling.short_factor
+        if factors is not None and len(factors) != self.rotary_dim // 2:
+            raise ValueError(
+                f"model.rope_scaling.short_factor has {len(factors)} entries; longrope needs one "
+                f"per rotary pair, {self.rotary_dim // 2}")
 
     @property
     def head_size(self) -> int:

@@ -33,6 +33,7 @@ from fbjax.models.rope import (
     apply_rope,
     default_inv_freq,
     dynamic_inv_freq,
+    longrope_frequencies,
     segment_lengths,
     static_frequencies,
 )
@@ -247,6 +248,13 @@ def _layer_frequencies(cfg: ModelConfig, sliding: bool, positions: Array, meta):
     if scaling.kind is RopeType.DYNAMIC:
         return dynamic_inv_freq(cfg.rope_theta, dim, scaling.factor, cfg.max_seq_len,
                                 meta["seq_lengths"]), 1.0
+    if scaling.kind is RopeType.LONGROPE:
+        short, long, factor, original = longrope_frequencies(cfg.rope_theta, dim, scaling,
+                                                             cfg.max_seq_len)
+        # Per token, from the length of its own sequence: transformers decides once for the
+        # whole batch (max(position_ids) + 1), which is the same for a sequence run alone.
+        is_long = (meta["seq_lengths"] > original)[..., None]
+        return jnp.where(is_long, jnp.asarray(long), jnp.asarray(short)), factor
     return static_frequencies(cfg.rope_theta, dim, scaling, cfg.max_seq_len)
 
 
@@ -350,7 +358,7 @@ class Decoder(nn.Module):
         meta: dict[str, Array] = {}
         kinds = {"local" if cfg.is_sliding(i) else "global" for i in range(cfg.num_layers)}
         windows = {"local": cfg.sliding_window, "global": None}
-        if cfg.rope_scaling.kind is RopeType.DYNAMIC:
+        if cfg.rope_scaling.kind in (RopeType.DYNAMIC, RopeType.LONGROPE):
             meta["seq_lengths"] = segment_lengths(positions, segment_ids)
         if cache is None:
             if key_visible is not None:  # otherwise attention builds its mask itself, blockwise

@@ -215,6 +215,12 @@ def _rope_scaling(spec: Mapping[str, Any], hf: Mapping[str, Any], source: str) -
             high_freq_factor=float(need("high_freq_factor")))
     factor = spec.get("factor")
     factor = max_len / original if factor is None else float(factor)
+    if rope_type is RopeType.LONGROPE:
+        attention = spec.get("attention_factor")
+        return RopeScaling(
+            kind=rope_type, factor=factor, original_max_len=stored,
+            short_factor=need("short_factor"), long_factor=need("long_factor"),
+            attention_factor=None if attention is None else float(attention))
     attention = spec.get("attention_factor")
     mscale, mscale_all = spec.get("mscale"), spec.get("mscale_all_dim")
     if attention is None and mscale and mscale_all:
@@ -420,7 +426,8 @@ def _optional_float(value) -> float | None:
     return None if value is None else float(value)
 
 
-def _rope_to_hf(theta: float, scaling: RopeScaling, fraction: float) -> dict[str, Any]:
+def _rope_to_hf(theta: float, scaling: RopeScaling, fraction: float,
+                max_len: int) -> dict[str, Any]:
     spec: dict[str, Any] = {"rope_type": scaling.kind.value, "rope_theta": theta}
     if fraction != 1.0:
         spec["partial_rotary_factor"] = fraction
@@ -428,6 +435,12 @@ def _rope_to_hf(theta: float, scaling: RopeScaling, fraction: float) -> dict[str
         spec["factor"] = scaling.factor
     if scaling.kind in (RopeType.LLAMA3, RopeType.YARN) and scaling.original_max_len:
         spec["original_max_position_embeddings"] = scaling.original_max_len
+    if scaling.kind is RopeType.LONGROPE:
+        # transformers requires the key even where it equals the model's context.
+        spec["original_max_position_embeddings"] = scaling.original_max_len or max_len
+        spec.update(short_factor=list(scaling.short_factor), long_factor=list(scaling.long_factor))
+        if scaling.attention_factor is not None:
+            spec["attention_factor"] = scaling.attention_factor
     if scaling.kind is RopeType.LLAMA3:
         spec.update(low_freq_factor=scaling.low_freq_factor,
                     high_freq_factor=scaling.high_freq_factor)
@@ -503,10 +516,14 @@ def _config_to_hf(config: ModelConfig) -> dict[str, Any]:
     hf["layer_norm_eps" if family is Family.GPT_NEOX else "rms_norm_eps"] = config.norm_eps
     # Both spellings, so transformers 4.x (rope_theta, rope_scaling) and 5.x (rope_parameters)
     # agree.
-    spec = _rope_to_hf(config.rope_theta, config.rope_scaling, config.rope_fraction)
+    spec = _rope_to_hf(config.rope_theta, config.rope_scaling, config.rope_fraction,
+                       config.max_seq_len)
     hf["rope_theta"] = config.rope_theta
     if config.rope_scaling.kind is not RopeType.DEFAULT:
         hf["rope_scaling"] = {k: v for k, v in spec.items() if k != "rope_theta"}
+    if config.rope_scaling.kind is RopeType.LONGROPE:
+        # Phi3Config's top-level default (4096) would override the nested value otherwise.
+        hf["original_max_position_embeddings"] = spec["original_max_position_embeddings"]
     if family is Family.GEMMA3:
         local = {"rope_type": "default", "rope_theta": config.local_rope_theta}
         hf["rope_local_base_freq"] = config.local_rope_theta

@@ -12,7 +12,11 @@ each docstring) in float32, so imported checkpoints reproduce its logits:
   (``_compute_llama3_parameters``, Llama 3.1's released code);
 * yarn: a ramp between interpolated and extrapolated frequencies over the correction range of
   Peng et al. 2023 (arXiv:2309.00071, Eq. 17-18) and cos/sin multiplied by ``0.1 ln s + 1``
-  (Eq. 21) (``_compute_yarn_parameters``).
+  (Eq. 21) (``_compute_yarn_parameters``);
+* longrope: default divided by a searched factor per frequency, ``short_factor`` for sequences
+  of at most ``original_max_len`` tokens and ``long_factor`` beyond (Ding et al. 2024,
+  arXiv:2402.13753, section 3; Phi-3's 128k checkpoints), cos/sin multiplied by
+  ``sqrt(1 + ln s / ln original)`` (``_compute_longrope_parameters``).
 
 Only the first ``rotary_dim`` dims of a head are rotated (GPT-NeoX's partial rotary); within
 them the layout is the half-split one Hugging Face checkpoints use.
@@ -93,6 +97,25 @@ def static_frequencies(theta: float, dim: int, scaling: RopeScaling,
     if kind is RopeType.YARN:
         return _yarn(theta, dim, scaling, original)
     raise ValueError(f"rope type {kind!r} has no static frequencies")
+
+
+def longrope_frequencies(theta: float, dim: int, scaling: RopeScaling,
+                         max_len: int) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """``(short inv_freq, long inv_freq, cos/sin multiplier, original context)`` of longrope.
+
+    The multiplier defaults from ``factor``, which a Phi-3 config leaves out: transformers then
+    takes ``max_position_embeddings / original_max_position_embeddings`` (fbjax's importer
+    stores that ratio as ``factor``).
+    """
+    original = scaling.original_max_len or max_len
+    base = default_inv_freq(theta, dim)
+    short = (base / np.asarray(scaling.short_factor, np.float32)).astype(np.float32)
+    long = (base / np.asarray(scaling.long_factor, np.float32)).astype(np.float32)
+    attention = scaling.attention_factor
+    if attention is None:
+        factor = scaling.factor
+        attention = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0
+    return short, long, float(attention), original
 
 
 def dynamic_inv_freq(theta: float, dim: int, factor: float, max_len: int, seq_len: Array) -> Array:

@@ -29,7 +29,7 @@ FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gpt2")
 # Every golden: the five above plus new families and features (tools/make_hf_goldens.py).
 GOLDEN_NAMES = FAMILIES + ("llama3_rope", "llama_linear_rope", "llama_dynamic_rope",
                            "llama_yarn_rope", "qwen2_partial_swa", "qwen3", "gemma2",
-                           "gemma3_text", "gpt_neox", "phi3", "olmo2")
+                           "gemma3_text", "gpt_neox", "phi3", "olmo2", "phi3_longrope")
 GOLDENS = Path(__file__).resolve().parents[1] / "goldens" / "hf"
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "make_hf_goldens.py"
 TOL = 1e-4  # max abs logit difference allowed in float32
@@ -94,6 +94,7 @@ _FEATURE_OFF = {
     "gpt_neox": dict(parallel_residual=False),
     "phi3": dict(rope_fraction=1.0),
     "olmo2": dict(qk_norm=QKNorm.HEAD),
+    "phi3_longrope": dict(rope_scaling=RopeScaling()),
 }
 
 
@@ -202,9 +203,10 @@ def test_live_parity(live, family):
     diffs = layout_diffs(config, params, ids, mask, tool.alone_logits(model, ids, mask))
     print(f"{family}: max abs logit diff vs transformers = {diffs}")
     assert max(diffs.values()) <= TOL, diffs
-    if family == "llama_dynamic_rope":
-        # transformers grows the dynamic RoPE base from the longest sequence of the whole batch;
-        # fbjax from each sequence's own length (what transformers gives it run alone).
+    if family in ("llama_dynamic_rope", "phi3_longrope"):
+        # transformers grows the dynamic RoPE base (or picks longrope's long factors) from the
+        # longest sequence of the whole batch; fbjax from each sequence's own length (what
+        # transformers gives it run alone).
         return
     # transformers' own padded batch agrees too (right padding changes nothing there either).
     padded = tool.torch_logits(model, ids, mask)
@@ -399,13 +401,13 @@ def _golden_config(name):
 def test_unimplemented_fields_are_named():
     base = _golden_config("llama")
     legacy = {k: v for k, v in base.items() if k != "rope_parameters"}
-    with pytest.raises(hf.CheckpointError, match="rope_type='longrope' is not implemented"):
-        hf.config_from_hf({**legacy, "rope_scaling": {"type": "longrope", "factor": 2.0}})
+    with pytest.raises(hf.CheckpointError, match="rope_type='mrope' is not implemented"):
+        hf.config_from_hf({**legacy, "rope_scaling": {"type": "mrope", "factor": 2.0}})
     with pytest.raises(hf.CheckpointError, match="rope_scaling.low_freq_factor is required"):
         hf.config_from_hf({**legacy, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
-    # Phi-3's config renames su / yarn to longrope, which fbjax does not implement.
+    # Phi-3's config renames su / yarn to longrope, which needs both factor lists.
     phi = {k: v for k, v in _golden_config("phi3").items() if k != "rope_parameters"}
-    with pytest.raises(hf.CheckpointError, match="longrope"):
+    with pytest.raises(hf.CheckpointError, match="long_factor is required for rope_type='longrope'"):
         hf.config_from_hf({**phi, "rope_scaling": {"type": "su", "short_factor": [1.0]}})
     g3 = _golden_config("gemma3_text")
     with pytest.raises(hf.CheckpointError, match="use_bidirectional_attention=True"):

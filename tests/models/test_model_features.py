@@ -67,8 +67,14 @@ def test_softcapped_log_probs_match_full_softmax():
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="model.sliding_layers has 3 entries for model.num_layers=2"):
         mc.llama(sliding_window=4, sliding_layers=(True, False, True))
-    with pytest.raises(ValueError, match="model.rope_scaling.kind='longrope' is not implemented"):
-        RopeScaling(kind="longrope")
+    with pytest.raises(ValueError, match="model.rope_scaling.kind='mrope' is not implemented"):
+        RopeScaling(kind="mrope")
+    with pytest.raises(ValueError, match="longrope needs short_factor and long_factor"):
+        RopeScaling(kind="longrope", short_factor=(1.0,))
+    with pytest.raises(ValueError, match="short_factor has 2 entries; longrope needs one per "
+                                         "rotary pair, 4"):
+        mc.llama(hidden_size=32, num_heads=4, num_kv_heads=2, rope_scaling=RopeScaling(
+            kind="longrope", short_factor=(1.0, 2.0), long_factor=(1.0, 2.0)))
     # original_max_len defaults to the model's context, as in transformers.
     no_original = RopeScaling(kind="yarn", factor=4.0)
     np.testing.assert_array_equal(
@@ -83,3 +89,17 @@ def test_presets_layer_patterns():
     g3 = mc.gemma3(num_layers=12)
     assert [g3.is_sliding(i) for i in range(12)] == ([True] * 5 + [False]) * 2
     assert g3.window(5) is None and g3.window(0) == 4096
+
+
+def test_longrope_frequencies_by_hand():
+    """Ding et al. 2024 as transformers computes it: default frequencies divided by the short or
+    long factor, cos/sin scaled by sqrt(1 + ln s / ln L) with s = 64 / 8 = 8 and L = 8."""
+    from fbjax.models.rope import default_inv_freq, longrope_frequencies
+
+    scaling = RopeScaling(kind="longrope", factor=8.0, original_max_len=8,
+                          short_factor=(1.0, 2.0, 4.0, 8.0), long_factor=(2.0, 4.0, 8.0, 16.0))
+    short, long, attention, original = longrope_frequencies(1e4, 8, scaling, 64)
+    base = default_inv_freq(1e4, 8)
+    np.testing.assert_allclose(short, base / np.array([1, 2, 4, 8]), rtol=1e-7)
+    np.testing.assert_allclose(long, base / np.array([2, 4, 8, 16]), rtol=1e-7)
+    assert original == 8 and abs(attention - 2 ** 0.5) < 1e-12
