@@ -22,8 +22,10 @@ class TrainConfig:
     microbatches: int = 1
     log_every: int = 10
     logprob_chunk: int = LOGPROB_CHUNK
-    # The LM head runs only at scored positions, this many a row per pass
-    # (fbjax.objectives.logprobs.token_logps); None runs it at every position.
+    # The LM head runs only at scored positions (fbjax.objectives.logprobs.token_logps), at most
+    # max_scored_tokens a row per pass (more passes where a row has more; same values either
+    # way). None: half the row rounded up to 128. scored_head=False runs it at every position.
+    scored_head: bool = True
     max_scored_tokens: int | None = None
     # Pack several groups per row; share one prompt copy between a group's completions.
     packing: bool = True
@@ -33,6 +35,14 @@ class TrainConfig:
     # completions their start.
     max_prompt_len: int = 1024
     max_completion_len: int = 1024
+
+    @property
+    def scored_bound(self) -> int | None:
+        """Positions a row per LM-head pass, or None for every position (one plain pass)."""
+        if not self.scored_head:
+            return None
+        bound = self.max_scored_tokens or -(-self.seq_len // 256) * 128
+        return bound if bound < self.seq_len else None
 
     def __post_init__(self):
         for name in ("steps", "batch", "seq_len", "microbatches", "log_every", "slots_per_row",

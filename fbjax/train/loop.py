@@ -236,7 +236,7 @@ def train(
                     batch_sharding={k: v.sharding for k, v in batch.items()},
                     microbatches=tc.microbatches,
                     chunk_size=tc.logprob_chunk,
-                    max_scored=tc.max_scored_tokens,
+                    max_scored=tc.scored_bound,
                     lora=lora,
                     base=base,
                 )

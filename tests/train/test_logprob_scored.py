@@ -127,3 +127,41 @@ def test_train_step_equal_with_and_without_bound():
     np.testing.assert_allclose(rp1, rp0, atol=1e-4, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
         np.testing.assert_allclose(a, b, atol=1e-5 * float(np.abs(b).max()), rtol=1e-5)
+
+
+def test_scored_head_is_on_by_default_at_half_the_row():
+    from fbjax.train.config import TrainConfig
+
+    assert TrainConfig(seq_len=1024).scored_bound == 512
+    assert TrainConfig(seq_len=1000).scored_bound == 512  # half, rounded up to 128
+    assert TrainConfig(seq_len=256).scored_bound == 128
+    assert TrainConfig(seq_len=128).scored_bound is None  # half of a row is one 128 block
+    assert TrainConfig(seq_len=1024, max_scored_tokens=300).scored_bound == 300
+    assert TrainConfig(seq_len=1024, max_scored_tokens=2048).scored_bound is None
+    assert TrainConfig(seq_len=1024, scored_head=False).scored_bound is None
+
+
+def test_loop_passes_the_bound_to_the_step(monkeypatch):
+    from fbjax import sharding as fsh
+    from fbjax.train import loop
+    from fbjax.train.config import TrainConfig
+    from fbjax.train.stream import batch_stream
+    from tests.train.helpers import job
+
+    seen = []
+    real = steplib.make_train_step
+
+    def spy(**kwargs):
+        seen.append(kwargs["max_scored"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(steplib, "make_train_step", spy)
+    config = tiny_llama(vocab_size=VOCAB, max_seq_len=256)
+    groups = random_groups(16, completions=2, vocab=VOCAB, seed=1)
+    train = TrainConfig(steps=1, batch=2, seq_len=256, log_every=1)
+    mesh = fsh.make_mesh(fsh.MeshConfig(shape=(1, -1, 1)), jax.devices()[:1])
+    stream = batch_stream(train, config, groups, seed=0, mesh=mesh)
+    params = steplib.init_params(Decoder(config), jax.random.key(0), mesh, fsh.RULES_FSDP_TP)
+    loop.train(job(config, presets.sft(), train), stream, params, mesh=mesh,
+               progress=False)
+    assert seen == [128]
