@@ -271,7 +271,9 @@ def test_sharded_checkpoint(live, family, tmp_path):
 _FBJAX_SIZES = dict(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                    mlp_dim=48, max_seq_len=16)
 _FBJAX_EXTRA = {"mistral": dict(sliding_window=4), "gemma": dict(head_dim=16),
-                "gpt2": dict(num_kv_heads=4), "llama": dict(qkv_bias=True, out_bias=True)}
+                "gpt2": dict(num_kv_heads=4), "llama": dict(qkv_bias=True, out_bias=True),
+                "mixtral": dict(num_experts=4), "qwen3_moe": dict(num_experts=4,
+                                                                  experts_per_token=2)}
 
 
 def _random_variables(config, seed: int = 0):
@@ -296,7 +298,7 @@ def _random_variables(config, seed: int = 0):
     return jax.tree_util.tree_map_with_path(draw, boxed)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + ("mixtral", "qwen3_moe"))
 def test_export_of_fbjax_model_matches_transformers(live, family, tmp_path):
     """A model born in fbjax (boxed variables, as from ``init``) exports to an equivalent one."""
     import flax.linen as nn
