@@ -34,10 +34,16 @@ RULES_FSDP: Rules = (
     ("vocab", None),
     ("pos", None),
     ("norm", None),
+    # MoE expert kernels [expert, ...]: split over fsdp along their embed axis like every other
+    # weight; the expert axis itself stays whole.
+    ("expert", None),
 )
 
 # FSDP plus Megatron-style tensor parallelism: attention heads, MLP hidden units and the
-# vocabulary are split over the tensor axis, so per-layer activations stay sharded.
+# vocabulary are split over the tensor axis, so per-layer activations stay sharded. MoE experts
+# are split over the tensor axis too (expert parallelism: each device holds E / tensor whole
+# experts, as MaxText's expert axis does); an expert kernel's own "mlp" axis then finds
+# "tensor" taken and stays whole (flax gives a mesh axis to the first rule that claims it).
 RULES_FSDP_TP: Rules = (
     ("batch", ("data", "fsdp")),
     ("length", None),
@@ -45,6 +51,7 @@ RULES_FSDP_TP: Rules = (
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("head_dim", None),
+    ("expert", "tensor"),  # before "mlp": the first rule to claim a mesh axis keeps it
     ("mlp", "tensor"),
     ("vocab", "tensor"),
     ("pos", None),

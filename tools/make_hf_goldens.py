@@ -30,7 +30,7 @@ FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gpt2")
 # Goldens beyond the original five: new families, and features switched on in old ones.
 VARIANTS = ("llama3_rope", "llama_linear_rope", "llama_dynamic_rope", "llama_yarn_rope",
             "qwen2_partial_swa", "qwen3", "gemma2", "gemma3_text", "gpt_neox", "phi3", "olmo2",
-            "phi3_longrope")
+            "phi3_longrope", "mixtral", "qwen3_moe")
 GOLDENS = FAMILIES + VARIANTS
 VOCAB = 97
 SEQ_LEN = 12
@@ -54,7 +54,8 @@ def tiny_config(family: str):
     and a large RoPE base, Gemma head_dim != hidden/heads, GPT-2 its fused Conv1D layout; the
     variants one RoPE scaling type each, a window on some layers only, q/k norms, soft-caps
     small enough to bite, Gemma 3's 5:1 local:global layers with two RoPE bases, GPT-NeoX's
-    parallel residual and partial rotary, Phi-3's fused projections.
+    parallel residual and partial rotary, Phi-3's fused projections, Mixtral's top-2 of 4
+    renormalised experts (with a sliding window) and Qwen3-MoE's top-2 of 4 unnormalised ones.
     """
     import transformers as tr
 
@@ -126,6 +127,13 @@ def tiny_config(family: str):
     if family == "olmo2":
         return tr.Olmo2Config(**{k: v for k, v in _COMMON.items() if k != "head_dim"},
                               tie_word_embeddings=False)
+    if family == "mixtral":
+        return tr.MixtralConfig(**_COMMON, num_local_experts=4, num_experts_per_tok=2,
+                                sliding_window=5, tie_word_embeddings=False)
+    if family == "qwen3_moe":
+        return tr.Qwen3MoeConfig(**{**_COMMON, "head_dim": 16}, num_experts=4,
+                                 num_experts_per_tok=2, moe_intermediate_size=24,
+                                 norm_topk_prob=False, tie_word_embeddings=False)
     raise ValueError(f"unknown golden {family!r}; choose from {GOLDENS}")
 
 

@@ -54,10 +54,9 @@ def main(argv=None) -> int:
     if not args.humaneval and not os.path.isfile(args.hh_file):
         print(f"error: {args.hh_file} does not exist (set --hh-file)", file=sys.stderr)
         return 2
-    from fbjax.models import config as mc
     from fbjax.models import tiny
 
-    model = mc.preset(args.family, vocab_size=512, hidden_size=32, num_layers=2, num_heads=4,
+    model = tiny.tiny_config(args.family, vocab_size=512, hidden_size=32, num_layers=2, num_heads=4,
                       num_kv_heads=2, mlp_dim=64, max_seq_len=1024)
     if args.humaneval:
         from fbjax.feedback.programs import load_humaneval

@@ -24,6 +24,8 @@ class Family(str, enum.Enum):
     GPT_NEOX = "gpt_neox"
     PHI3 = "phi3"
     OLMO2 = "olmo2"
+    MIXTRAL = "mixtral"
+    QWEN3_MOE = "qwen3_moe"
 
 
 class Norm(str, enum.Enum):
@@ -123,7 +125,7 @@ class AttentionImpl(str, enum.Enum):
 # Settings that change how a model is trained or computed, not which weights it has: not part of
 # a checkpoint's architecture (compared with an experiment's, or written to a Hugging Face config).
 TRAINING_ONLY_FIELDS = ("dtype", "param_dtype", "remat", "init_std", "attention_impl",
-                        "attention_block_size")
+                        "attention_block_size", "add_router_aux_loss")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -193,6 +195,19 @@ class ModelConfig:
     # with one label, ``score.weight``). A reward model has no LM head unless its embeddings
     # are tied: it scores sequences, it does not predict tokens.
     reward_head: bool = False
+    # Mixture of experts (fbjax.models.moe): with num_experts > 0 every layer's MLP is
+    # num_experts SwiGLU experts of width mlp_dim and a router sending each token to
+    # experts_per_token of them. norm_topk_prob renormalises the chosen experts' router
+    # probabilities to sum to 1 (Mixtral always; Qwen3-MoE's norm_topk_prob).
+    num_experts: int = 0
+    experts_per_token: int = 2
+    norm_topk_prob: bool = True
+    # The router's load-balancing loss (Switch Transformer Eq. 4) is always reported as the
+    # metric ``moe/load_balancing_loss``; it is added to the training loss, times
+    # router_aux_loss_coef, only with add_router_aux_loss (transformers adds it only when
+    # output_router_logits=True, which its configs default to False).
+    router_aux_loss_coef: float = 0.001
+    add_router_aux_loss: bool = False
 
     def __post_init__(self):
         if not isinstance(self.family, Family):
@@ -240,6 +255,16 @@ class ModelConfig:
                 f"model.attention_block_size={self.attention_block_size} must be a positive "
                 "multiple of 8"
             )
+        if self.num_experts < 0 or (
+                self.num_experts and not 1 <= self.experts_per_token <= self.num_experts):
+            raise ValueError(
+                f"model.num_experts={self.num_experts} / model.experts_per_token="
+                f"{self.experts_per_token}: need num_experts >= 0 and, with experts, "
+                "1 <= experts_per_token <= num_experts")
+        if self.num_experts and (not self.gated_mlp or self.mlp_bias):
+            raise ValueError(
+                "model.num_experts > 0 needs gated experts without biases (model.gated_mlp=True, "
+                "model.mlp_bias=False), as Mixtral and Qwen3-MoE have")
         if self.remat not in ("none", "block", "dots"):
             raise ValueError(f"model.remat={self.remat!r}; choose 'none', 'block' or 'dots'")
         factors = self.rope_scaling.short_factor
@@ -354,6 +379,21 @@ def olmo2(**overrides) -> ModelConfig:
     return ModelConfig(family=Family.OLMO2, **{**defaults, **overrides})
 
 
+def mixtral(**overrides) -> ModelConfig:
+    """Mixtral: Mistral's attention with a sparse MoE MLP, 8 experts, top-2, renormalised."""
+    defaults = dict(num_experts=8, experts_per_token=2, norm_topk_prob=True,
+                    rope_theta=1_000_000.0, norm_eps=1e-5)
+    return ModelConfig(family=Family.MIXTRAL, **{**defaults, **overrides})
+
+
+def qwen3_moe(**overrides) -> ModelConfig:
+    """Qwen3-MoE: Qwen3's attention (per-head q/k norms) with a sparse MoE MLP in every layer;
+    transformers' defaults are 128 experts, top-8, ``norm_topk_prob=False``."""
+    defaults = dict(qk_norm=QKNorm.HEAD, rope_theta=10_000.0, num_experts=128,
+                    experts_per_token=8, norm_topk_prob=False)
+    return ModelConfig(family=Family.QWEN3_MOE, **{**defaults, **overrides})
+
+
 def gpt2(**overrides) -> ModelConfig:
     """GPT-2: learned positions, LayerNorm, biased projections, tanh GELU MLP, tied head."""
     defaults = dict(
@@ -383,6 +423,8 @@ PRESETS = {
     Family.GPT_NEOX: gpt_neox,
     Family.PHI3: phi3,
     Family.OLMO2: olmo2,
+    Family.MIXTRAL: mixtral,
+    Family.QWEN3_MOE: qwen3_moe,
 }
 
 

@@ -2,7 +2,8 @@
 
 One module, switched by ModelConfig fields: RoPE (with scaling and partial rotation) or learned
 positions; pre- and/or post-norms; sequential or parallel (GPT-NeoX) residual; q/k norms per head
-or over the whole projection; soft-capped attention scores; per-layer sliding windows.
+or over the whole projection; soft-capped attention scores; per-layer sliding windows; a dense
+MLP or a sparse mixture of experts (``MoeMlp``, ``fbjax.models.moe``).
 
 Every weight and activation carries logical axis names (``embed``, ``heads``, ``mlp``, ...);
 ``fbjax.sharding`` maps them to mesh axes through one rules table, so the model never names a
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from fbjax.models.attention import attend, attention_mask, dense_attention
+from fbjax.models import moe
 from fbjax.models.config import Activation, ModelConfig, Norm, Positions, QKNorm, RopeType
 from fbjax.models.rope import (
     apply_rope,
@@ -275,6 +277,42 @@ class Mlp(nn.Module):
         return _dense(cfg, cfg.mlp_dim, cfg.hidden_size, ("mlp", "embed"), cfg.mlp_bias, "down")(h)
 
 
+class MoeMlp(nn.Module):
+    """Sparse mixture of SwiGLU experts (Mixtral / Qwen3-MoE), dropless (``fbjax.models.moe``).
+
+    Parameters: ``router [D, E]`` and expert kernels ``gate``/``up`` ``[E, D, F]``, ``down``
+    ``[E, F, D]``, whose leading logical axis ``expert`` the sharding rules place on a mesh
+    axis (expert parallelism; ``fbjax.sharding``). Sows the layer's router statistics over the
+    real tokens (``token_mask``) into ``intermediates`` for the load-balancing loss; a caller
+    that does not make that collection mutable pays nothing for it.
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array, token_mask: Array) -> Array:
+        cfg = self.config
+        e, d, f = cfg.num_experts, cfg.hidden_size, cfg.mlp_dim
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+
+        def weight(name, axes, shape):
+            init = nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), axes)
+            return self.param(name, init, shape, pdtype).astype(dtype)
+
+        router = weight("router", ("embed", None), (d, e))
+        gate = weight("gate", ("expert", "embed", "mlp"), (e, d, f))
+        up = weight("up", ("expert", "embed", "mlp"), (e, d, f))
+        down = weight("down", ("expert", "mlp", "embed"), (e, f, d))
+        flat = x.reshape(-1, d).astype(dtype)
+        weights, experts, probs = moe.route(flat @ router, cfg.experts_per_token,
+                                            cfg.norm_topk_prob)
+        self.sow("intermediates", moe.ROUTER_STATS,
+                 moe.router_stats(probs, experts, token_mask.reshape(-1)))
+        out = moe.expert_outputs(flat, experts, gate, up, down, activation_fn(cfg.activation))
+        y = jnp.einsum("tk,tkd->td", weights.astype(dtype), out)
+        return y.reshape(x.shape)
+
+
 class Block(nn.Module):
     config: ModelConfig
     layer: int
@@ -294,12 +332,19 @@ class Block(nn.Module):
             attn_in, positions, segment_ids, branch_ids, cache, meta
         )
         h = post("attn_post_norm", h)
+        if cfg.num_experts:
+            experts = MoeMlp(cfg, name="moe")
+
+            def mlp(h):
+                return experts(h, segment_ids != 0)
+        else:
+            mlp = Mlp(cfg, name="mlp")
         if cfg.parallel_residual:
             # GPT-NeoX: both branches read the block input.
-            x = x + h + Mlp(cfg, name="mlp")(pre("mlp_norm", x))
+            x = x + h + mlp(pre("mlp_norm", x))
         else:
             x = x + h
-            x = x + post("mlp_post_norm", Mlp(cfg, name="mlp")(pre("mlp_norm", x)))
+            x = x + post("mlp_post_norm", mlp(pre("mlp_norm", x)))
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         return x, new_cache
 

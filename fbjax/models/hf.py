@@ -7,7 +7,8 @@ map them onto the fbjax parameter tree (``fbjax.models.decoder``), and write the
 whole checkpoint into host memory; ``load_hf_sharded`` streams it tensor by tensor onto a mesh.
 
 Supported ``model_type`` values: llama (with RoPE scaling llama3 / linear / dynamic / yarn),
-mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, gpt2, gpt_neox, phi3 and olmo2. The config
+mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, gpt2, gpt_neox, phi3, olmo2, and the
+mixture-of-experts mixtral and qwen3_moe. The config
 mapping follows what transformers 5 reads (and the 4.x spellings it converts); a field whose
 value fbjax does not implement is refused by name. The weight mapping is exact (transposes,
 reshapes, splits and concatenations only), so a load followed by a save reproduces the tensors
@@ -23,6 +24,9 @@ Layout conventions:
   (``[H, 3, hd]``); Phi-3 fuses ``qkv_proj`` (q | k | v) and ``gate_up_proj`` (gate | up).
 * Gemma stores RMSNorm weights as offsets from 1, exactly as our ``RMSNorm`` with
   ``norm_weight_offset=1`` does, so norm weights copy unchanged.
+* MoE checkpoints store one ``[F, D]`` / ``[D, F]`` tensor per expert (Mixtral's ``w1`` gate,
+  ``w3`` up, ``w2`` down; Qwen3-MoE's ``gate_proj`` / ``up_proj`` / ``down_proj``); ours are
+  stacked ``[E, D, F]`` / ``[E, F, D]``, assembled from the per-expert tensors as they arrive.
 * ``post_attention_layernorm`` is the MLP's pre-norm in Llama-style models but the attention
   output's post-norm in Gemma 2/3 and OLMo 2 (``_norm_names``).
 """
@@ -71,6 +75,8 @@ _ARCHITECTURES = {
     Family.GPT_NEOX: "GPTNeoXForCausalLM",
     Family.PHI3: "Phi3ForCausalLM",
     Family.OLMO2: "Olmo2ForCausalLM",
+    Family.MIXTRAL: "MixtralForCausalLM",
+    Family.QWEN3_MOE: "Qwen3MoeForCausalLM",
 }
 
 # Reward models: the same backbone with a one-label sequence-classification head (``score``).
@@ -86,6 +92,8 @@ _REWARD_ARCHITECTURES = {
     Family.GPT_NEOX: "GPTNeoXForSequenceClassification",
     Family.PHI3: "Phi3ForSequenceClassification",
     Family.OLMO2: "Olmo2ForSequenceClassification",
+    Family.MIXTRAL: "MixtralForSequenceClassification",
+    Family.QWEN3_MOE: "Qwen3MoeForSequenceClassification",
 }
 
 # HF activation names -> ours. "gelu_new", "gelu_fast" and "gelu_pytorch_tanh" are all the tanh
@@ -124,6 +132,7 @@ def _activation(name: str | None, source: str, key: str) -> Activation:
 
 # transformers' default RoPE base when a config names none (Gemma 3: per layer type, below).
 _DEFAULT_THETA = 10_000.0
+_FAMILY_THETA = {Family.MIXTRAL: 1_000_000.0}  # MixtralConfig's default
 
 # Fields whose non-neutral values change the computation in ways fbjax does not implement; a
 # config setting one is refused by name. (Training-only fields such as dropout are ignored.)
@@ -173,7 +182,7 @@ def _rope_specs(hf: Mapping[str, Any], family: Family, source: str) -> tuple[dic
         spec.setdefault("rope_theta", hf.get("rotary_emb_base", hf.get("rope_theta", _DEFAULT_THETA)))
         spec.setdefault("partial_rotary_factor", hf.get("rotary_pct", 0.25))
     else:
-        spec.setdefault("rope_theta", hf.get("rope_theta", _DEFAULT_THETA))
+        spec.setdefault("rope_theta", hf.get("rope_theta", _FAMILY_THETA.get(family, _DEFAULT_THETA)))
         if hf.get("partial_rotary_factor") is not None:
             spec.setdefault("partial_rotary_factor", hf["partial_rotary_factor"])
     kind = spec.get("rope_type", spec.get("type", "default"))
@@ -261,7 +270,8 @@ def _sliding_fields(hf: Mapping[str, Any], family: Family, num_layers: int,
     if family in (Family.LLAMA, Family.GEMMA, Family.GPT2, Family.GPT_NEOX, Family.OLMO2):
         return {}
     window = hf.get("sliding_window", 4096 if family in (Family.GEMMA2, Family.GEMMA3) else None)
-    if family in (Family.QWEN2, Family.QWEN3) and not hf.get("use_sliding_window", False):
+    if family in (Family.QWEN2, Family.QWEN3, Family.QWEN3_MOE) and not hf.get(
+            "use_sliding_window", False):
         window = None
     layer_types = hf.get("layer_types")
     if layer_types is None:
@@ -276,7 +286,7 @@ def _sliding_fields(hf: Mapping[str, Any], family: Family, num_layers: int,
             pattern = hf.get("sliding_window_pattern", 6)
             layer_types = ["sliding_attention" if (i + 1) % pattern else "full_attention"
                            for i in range(num_layers)]
-        else:  # Mistral, Phi-3: one window on every layer
+        else:  # Mistral, Phi-3, Mixtral, Qwen3-MoE: one window on every layer
             layer_types = ["sliding_attention"] * num_layers
     if len(layer_types) != num_layers:
         raise CheckpointError(f"{source}: layer_types has {len(layer_types)} entries for "
@@ -314,7 +324,8 @@ def config_from_hf(hf: Mapping[str, Any], *, source: str = CONFIG_FILE) -> Model
 
 
 # transformers' rms_norm_eps / layer_norm_eps defaults per family.
-_DEFAULT_EPS = {Family.PHI3: 1e-5, Family.OLMO2: 1e-5, Family.GPT_NEOX: 1e-5}
+_DEFAULT_EPS = {Family.PHI3: 1e-5, Family.OLMO2: 1e-5, Family.GPT_NEOX: 1e-5,
+                Family.MIXTRAL: 1e-5}
 
 
 def _backbone_config_from_hf(hf: Mapping[str, Any], source: str) -> ModelConfig:
@@ -363,7 +374,10 @@ def _backbone_config_from_hf(hf: Mapping[str, Any], source: str) -> ModelConfig:
         num_kv_heads=int(hf.get("num_key_value_heads") or heads),
         # None means "hidden_size // num_heads", which keeps configs canonical.
         head_dim=None if head_dim * heads == hidden else int(head_dim),
-        mlp_dim=int(_require(hf, "intermediate_size", source)),
+        # Qwen3-MoE's experts are moe_intermediate_size wide (its intermediate_size sizes the
+        # dense layers of mlp_only_layers, which are refused).
+        mlp_dim=int(hf.get("moe_intermediate_size", 768)) if family is Family.QWEN3_MOE
+        else int(_require(hf, "intermediate_size", source)),
         max_seq_len=int(hf.get("max_position_embeddings", 2048)),
         norm_eps=float(hf.get(eps_key, _DEFAULT_EPS.get(family, 1e-6))),
         **_rope_fields(hf, family, source),
@@ -416,10 +430,45 @@ def _backbone_config_from_hf(hf: Mapping[str, Any], source: str) -> ModelConfig:
     if family in (Family.QWEN3, Family.OLMO2):
         bias = bool(hf.get("attention_bias", False))
         return preset(family, **sizes, **common, qkv_bias=bias, out_bias=bias)
+    if family in (Family.MIXTRAL, Family.QWEN3_MOE):
+        return preset(family, **sizes, **common, **_moe_fields(hf, family, source))
     if family in (Family.MISTRAL, Family.PHI3):
         return preset(family, **sizes, **common)
     # Qwen2: biases on q/k/v only, always.
     return preset(family, **sizes, **common, qkv_bias=True, out_bias=False)
+
+
+def _moe_fields(hf: Mapping[str, Any], family: Family, source: str) -> dict[str, Any]:
+    """Expert count, top-k, renormalisation and aux-loss coefficient, with transformers'
+    defaults; layouts fbjax does not implement (dense layers among MoE ones, router jitter)
+    are refused by name."""
+    if hf.get("router_jitter_noise"):
+        raise CheckpointError(f"{source}: router_jitter_noise={hf['router_jitter_noise']!r} is "
+                              "not implemented (multiplicative router-input noise in training)")
+    local, legacy = hf.get("num_local_experts"), hf.get("num_experts")
+    if local is not None and legacy is not None and local != legacy:
+        raise CheckpointError(f"{source}: num_local_experts={local!r} and num_experts={legacy!r} "
+                              "disagree")
+    mixtral = family is Family.MIXTRAL
+    experts = local if local is not None else legacy
+    experts = int(experts if experts is not None else (8 if mixtral else 128))
+    if mixtral:
+        normalize = True  # MixtralTopKRouter always renormalises the top-k probabilities
+    else:
+        normalize = bool(hf.get("norm_topk_prob", False))
+        if hf.get("mlp_only_layers"):
+            raise CheckpointError(f"{source}: mlp_only_layers={hf['mlp_only_layers']!r} is not "
+                                  "implemented (dense MLP layers among MoE layers)")
+        if int(hf.get("decoder_sparse_step", 1)) != 1:
+            raise CheckpointError(f"{source}: decoder_sparse_step={hf['decoder_sparse_step']!r} "
+                                  "is not implemented (dense MLP layers among MoE layers)")
+    if experts <= 0:
+        raise CheckpointError(f"{source}: num_experts={experts} is not implemented (a "
+                              f"{family.value} model without experts)")
+    return dict(num_experts=experts,
+                experts_per_token=int(hf.get("num_experts_per_tok", 2 if mixtral else 8)),
+                norm_topk_prob=normalize,
+                router_aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)))
 
 
 def _optional_float(value) -> float | None:
@@ -538,10 +587,19 @@ def _config_to_hf(config: ModelConfig) -> dict[str, Any]:
         hf["partial_rotary_factor"] = config.rope_fraction
 
     if family in (Family.LLAMA, Family.GEMMA, Family.GEMMA2, Family.GEMMA3, Family.QWEN3,
-                  Family.OLMO2):
+                  Family.OLMO2, Family.QWEN3_MOE):
         hf["attention_bias"] = config.qkv_bias
     if family is Family.LLAMA:
         hf["mlp_bias"] = config.mlp_bias
+    if family is Family.MIXTRAL:
+        hf.update(num_local_experts=config.num_experts, router_jitter_noise=0.0)
+    if family is Family.QWEN3_MOE:
+        hf.update(num_experts=config.num_experts, moe_intermediate_size=config.mlp_dim,
+                  norm_topk_prob=config.norm_topk_prob, decoder_sparse_step=1,
+                  mlp_only_layers=[])
+    if config.num_experts:
+        hf.update(num_experts_per_tok=config.experts_per_token,
+                  router_aux_loss_coef=config.router_aux_loss_coef)
     if family in (Family.GEMMA2, Family.GEMMA3):
         q = config.query_scale
         # transformers' strict config types this field int.
@@ -549,7 +607,7 @@ def _config_to_hf(config: ModelConfig) -> dict[str, Any]:
                   attn_logit_softcapping=config.attn_logit_softcap,
                   final_logit_softcapping=config.final_logit_softcap)
     if family in (Family.MISTRAL, Family.PHI3, Family.QWEN2, Family.QWEN3, Family.GEMMA2,
-                  Family.GEMMA3):
+                  Family.GEMMA3, Family.MIXTRAL, Family.QWEN3_MOE):
         types = ["sliding_attention" if config.is_sliding(i) else "full_attention"
                  for i in range(config.num_layers)]
         hf["sliding_window"] = config.sliding_window
@@ -558,7 +616,9 @@ def _config_to_hf(config: ModelConfig) -> dict[str, Any]:
             first = next((i for i, t in enumerate(types) if t == "sliding_attention"),
                          config.num_layers)
             hf.update(use_sliding_window=sliding, max_window_layers=first)
-        if family not in (Family.MISTRAL, Family.PHI3):
+        if family is Family.QWEN3_MOE:
+            hf["use_sliding_window"] = config.sliding_window is not None
+        elif family not in (Family.MISTRAL, Family.PHI3, Family.MIXTRAL):
             hf["layer_types"] = types
     return hf
 
@@ -572,6 +632,8 @@ class _Rule:
 
     ``to_ours(w) -> {path: array}`` and ``to_hf({path: array}) -> w`` are exact inverses.
     ``hf_shape`` is the shape the HF tensor must have (None: the same as our single param's).
+    ``part``: ``(index, count)`` when the tensor is one slice ``[index]`` of our param, which
+    ``count`` such tensors make up together (one expert of a stacked MoE kernel).
     """
 
     hf_name: str
@@ -579,6 +641,7 @@ class _Rule:
     to_ours: Callable[[np.ndarray], dict[str, np.ndarray]]
     to_hf: Callable[[Mapping[str, np.ndarray]], np.ndarray]
     hf_shape: tuple[int, ...] | None = None
+    part: tuple[int, int] | None = None
 
 
 def _copy(hf_name: str, path: str) -> _Rule:
@@ -605,6 +668,32 @@ def _conv1d(hf_name: str, path: str, in_shape: tuple[int, ...], out_shape: tuple
         hf_name, (path,), lambda w: {path: w.reshape(*in_shape, *out_shape)},
         lambda p: p[path].reshape(n_in, n_out), (n_in, n_out),
     )
+
+
+def _expert_linear(hf_name: str, path: str, index: int, count: int, n_in: int,
+                   n_out: int) -> _Rule:
+    """One expert's ``nn.Linear`` weight ``[out, in]`` <-> slice ``[index]`` of our stacked
+    ``[E, in, out]`` expert kernel."""
+    return _Rule(hf_name, (path,), lambda w: {path: np.ascontiguousarray(w.T)},
+                 lambda p: np.ascontiguousarray(p[path][index].T), (n_out, n_in),
+                 (index, count))
+
+
+def _moe_rules(config: ModelConfig, pre: str, ours: str) -> list[_Rule]:
+    """A MoE layer: the router (``[E, D]`` linear) and every expert's three projections."""
+    d, f, e = config.hidden_size, config.mlp_dim, config.num_experts
+    if config.family is Family.MIXTRAL:
+        block, names = pre + "block_sparse_moe.", (("w1", "gate"), ("w3", "up"), ("w2", "down"))
+    else:
+        block = pre + "mlp."
+        names = (("gate_proj", "gate"), ("up_proj", "up"), ("down_proj", "down"))
+    rules = [_linear(block + "gate.weight", f"{ours}/moe/router", (d,), (e,))]
+    for j in range(e):
+        for theirs, mine in names:
+            n_in, n_out = (f, d) if mine == "down" else (d, f)
+            rules.append(_expert_linear(f"{block}experts.{j}.{theirs}.weight",
+                                        f"{ours}/moe/{mine}", j, e, n_in, n_out))
+    return rules
 
 
 def _bias(hf_name: str, path: str, shape: tuple[int, ...]) -> _Rule:
@@ -732,7 +821,9 @@ def _llama_like_rules(config: ModelConfig) -> list[_Rule]:
         if config.qk_norm is not QKNorm.NONE:
             rules += [_copy(att + "q_norm.weight", f"{ours}/attn/q_norm/scale"),
                       _copy(att + "k_norm.weight", f"{ours}/attn/k_norm/scale")]
-        if family is Family.PHI3:
+        if config.num_experts:
+            rules += _moe_rules(config, pre, ours)
+        elif family is Family.PHI3:
             rules.append(_split_out(pre + "mlp.gate_up_proj.weight", (
                 (f"{ours}/mlp/gate/kernel", (f,)), (f"{ours}/mlp/up/kernel", (f,))), d))
             rules.append(_linear(pre + "mlp.down_proj.weight", f"{ours}/mlp/down/kernel", (f,), (d,)))
@@ -903,6 +994,7 @@ def _convert(config: ModelConfig, items, place: Callable[[str, np.ndarray], Any]
     shapes = expected_shapes(config)
     rules = {rule.hf_name: rule for rule in _rules(config)}
     flat: dict[str, Any] = {}
+    parts: dict[str, dict[int, np.ndarray]] = {}  # stacked params still being assembled
     unused = []
     for name, array in items:
         if not name.startswith((prefix, "lm_head.", "embed_out.", "score.")):
@@ -921,7 +1013,15 @@ def _convert(config: ModelConfig, items, place: Callable[[str, np.ndarray], Any]
                 f"implies {tuple(want)}"
             )
         for path, value in rule.to_ours(array).items():
-            flat[path] = place(path, value)
+            if rule.part is None:
+                flat[path] = place(path, value)
+                continue
+            index, count = rule.part
+            slices = parts.setdefault(path, {})
+            slices[index] = value
+            if len(slices) == count:  # complete: stack, place, drop the host slices
+                flat[path] = place(path, np.stack([slices[i] for i in range(count)]))
+                del parts[path]
     if rules:
         missing = sorted(rules)
         raise CheckpointError(f"{source}: missing tensors {missing[:8]}"

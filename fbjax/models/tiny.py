@@ -17,7 +17,11 @@ import jax
 import jax.numpy as jnp
 
 from fbjax.models import hf
-from fbjax.models.config import ModelConfig
+from fbjax.models.config import ModelConfig, preset
+
+# Mixture-of-experts families at tiny size: 4 experts, 2 per token (their presets carry the
+# released models' 8 / 128 experts).
+_TINY_EXPERTS = dict(num_experts=4, experts_per_token=2)
 
 BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
 
@@ -37,6 +41,14 @@ def byte_level_tokenizer(texts: Iterable[str], vocab_size: int,
     )
     tok.train_from_iterator(list(texts), trainer)
     return tok.to_str()
+
+
+def tiny_config(family: str, **sizes) -> ModelConfig:
+    """``family``'s preset at the given sizes; MoE families with 4 experts, top-2."""
+    config = preset(family, **sizes)
+    if config.num_experts:
+        config = preset(family, **{**_TINY_EXPERTS, **sizes})
+    return config
 
 
 def write_checkpoint(out_dir: str, model: ModelConfig, texts: Iterable[str], *,

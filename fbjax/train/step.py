@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fbjax import sharding as fsh
 from fbjax.models import lora as loralib
+from fbjax.models import moe
 from fbjax.models.config import ModelConfig
 from fbjax.models.decoder import Decoder, has_lm_head, output_projection, token_rewards
 from fbjax.objectives import logprobs
@@ -40,16 +41,21 @@ _LORA_DROPOUT_STREAM = 0x10AA
 # ----------------------------------------------------------------------------- forward passes
 
 
+def forward(model: Decoder, params: Any, batch: Batch, rngs: Any = None
+            ) -> tuple[Array, list[dict[str, Array]]]:
+    """Final hidden states and, for a mixture-of-experts model, every MoE layer's router
+    statistics over the batch's real tokens (``fbjax.models.moe.router_stats``; [] if dense)."""
+    args = (batch["tokens"], batch["positions"], batch["segment_ids"], batch["branch_ids"])
+    if not model.config.num_experts:
+        hidden, _ = model.apply({"params": params}, *args, rngs=rngs or {})
+        return hidden, []
+    (hidden, _), sown = model.apply({"params": params}, *args, rngs=rngs or {},
+                                    mutable=["intermediates"])
+    return hidden, moe.sown_router_stats(sown["intermediates"])
+
+
 def hidden_states(model: Decoder, params: Any, batch: Batch, rngs: Any = None) -> Array:
-    hidden, _ = model.apply(
-        {"params": params},
-        batch["tokens"],
-        batch["positions"],
-        batch["segment_ids"],
-        batch["branch_ids"],
-        rngs=rngs or {},
-    )
-    return hidden
+    return forward(model, params, batch, rngs)[0]
 
 
 def _token_logps_from_hidden(
@@ -103,9 +109,21 @@ def sequence_stats(
     ``reference_model`` (default ``model``) runs ``ref_params``: with LoRA the policy is the
     adapted model and the reference the plain decoder on the base weights.
     """
+    return _sequence_stats_and_router(
+        model, params, ref_params, batch, need_reference=need_reference, chunk_size=chunk_size,
+        need_distributions=need_distributions, reference_model=reference_model, rngs=rngs,
+        max_scored=max_scored)[0]
+
+
+def _sequence_stats_and_router(
+    model: Decoder, params: Any, ref_params: Any, batch: Batch, *, need_reference: bool,
+    chunk_size: int, need_distributions: bool, reference_model: Decoder | None, rngs: Any,
+    max_scored: int | None,
+) -> tuple[SequenceStats, list[dict[str, Array]]]:
+    """:func:`sequence_stats` and the policy's router statistics (MoE models; else [])."""
     mask = batch["loss_mask"].astype(jnp.float32)
     num_slots = batch["slot_valid"].shape[1]
-    hidden = hidden_states(model, params, batch, rngs)
+    hidden, router = forward(model, params, batch, rngs)
     if has_lm_head(model.config):
         tok = _token_logps_from_hidden(
             model, params, hidden, batch, chunk_size=chunk_size, max_scored=max_scored
@@ -155,10 +173,23 @@ def sequence_stats(
         rewards=rewards,
         token_kl=token_kl,
         token_entropy=token_entropy,
-    )
+    ), router
 
 
 # ----------------------------------------------------------------------------- the step
+
+
+def _router_loss(config: ModelConfig, router: list[dict[str, Array]], loss_sum: Array,
+                 count: Array, metric_sums: Metrics) -> tuple[Array, Metrics]:
+    """Reports a MoE model's load-balancing loss (``fbjax.models.moe.load_balancing_loss``)
+    as ``moe/load_balancing_loss`` (a microbatch mean), and with ``add_router_aux_loss`` adds
+    ``router_aux_loss_coef`` times it to the mean loss, i.e. ``coef * L * count`` to the
+    summed loss (transformers' ``loss + router_aux_loss_coef * aux_loss``)."""
+    balance = moe.load_balancing_loss(router, config.num_experts)
+    metrics = {**metric_sums, "moe/load_balancing_loss": (balance, jnp.ones((), jnp.float32))}
+    if config.add_router_aux_loss:
+        loss_sum = loss_sum + config.router_aux_loss_coef * balance * count
+    return loss_sum, metrics
 
 
 def _all_finite(tree: Any) -> Array:
@@ -223,7 +254,7 @@ def train_step(
         if lora is not None:
             params, ref_params = loralib.combine(base, params), base
             rngs = {"dropout": jax.random.fold_in(micro_rng, _LORA_DROPOUT_STREAM)}
-        stats = sequence_stats(
+        stats, router = _sequence_stats_and_router(
             policy_model, params, ref_params, micro, need_reference=need_ref,
             chunk_size=chunk_size, need_distributions=objective.reads_distributions,
             reference_model=model, rngs=rngs, max_scored=max_scored,
@@ -231,6 +262,9 @@ def train_step(
         loss_sum, count, metric_sums, new_obj_state = apply_objective(
             objective, stats, obj_state, micro_rng
         )
+        if router:
+            loss_sum, metric_sums = _router_loss(model.config, router, loss_sum, count,
+                                                 metric_sums)
         aux = (count, metric_sums, new_obj_state, jnp.sum(micro["segment_ids"] > 0))
         return loss_sum, aux
 

@@ -29,7 +29,8 @@ FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gpt2")
 # Every golden: the five above plus new families and features (tools/make_hf_goldens.py).
 GOLDEN_NAMES = FAMILIES + ("llama3_rope", "llama_linear_rope", "llama_dynamic_rope",
                            "llama_yarn_rope", "qwen2_partial_swa", "qwen3", "gemma2",
-                           "gemma3_text", "gpt_neox", "phi3", "olmo2", "phi3_longrope")
+                           "gemma3_text", "gpt_neox", "phi3", "olmo2", "phi3_longrope",
+                           "mixtral", "qwen3_moe")
 GOLDENS = Path(__file__).resolve().parents[1] / "goldens" / "hf"
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "make_hf_goldens.py"
 TOL = 1e-4  # max abs logit difference allowed in float32
@@ -95,6 +96,8 @@ _FEATURE_OFF = {
     "phi3": dict(rope_fraction=1.0),
     "olmo2": dict(qk_norm=QKNorm.HEAD),
     "phi3_longrope": dict(rope_scaling=RopeScaling()),
+    "mixtral": dict(experts_per_token=1),
+    "qwen3_moe": dict(norm_topk_prob=True),
 }
 
 
@@ -126,7 +129,8 @@ def test_golden_export_is_bitwise(name, tmp_path):
     assert hf.load_hf(tmp_path)[0] == config
 
 
-@pytest.mark.parametrize("name", ["llama_yarn_rope", "gemma2", "gemma3_text", "gpt_neox"])
+@pytest.mark.parametrize("name", ["llama_yarn_rope", "gemma2", "gemma3_text", "gpt_neox",
+                                  "mixtral", "qwen3_moe"])
 def test_golden_sampler_equals_recompute(name):
     """KV-cache greedy decoding (per-layer windows, soft-caps, two RoPE bases, partial rotary)
     equals recomputing the whole sequence each step."""
@@ -166,6 +170,11 @@ def test_golden_configs_map_every_switch():
     neox = new["gpt_neox"]
     assert neox.parallel_residual and neox.rotary_dim == 4 and not neox.tie_embeddings
     assert new["phi3"].sliding_window == 5 and new["phi3"].sliding_layers is None
+    mix, q3moe = new["mixtral"], new["qwen3_moe"]
+    assert (mix.num_experts, mix.experts_per_token, mix.norm_topk_prob) == (4, 2, True)
+    assert mix.sliding_window == 5 and mix.mlp_dim == 48 and mix.rope_theta == 1e6
+    assert (q3moe.num_experts, q3moe.experts_per_token, q3moe.norm_topk_prob) == (4, 2, False)
+    assert q3moe.mlp_dim == 24 and q3moe.qk_norm is QKNorm.HEAD  # moe_intermediate_size
     for config in new.values():
         assert hf.config_from_hf(hf.config_to_hf(config)) == config
 
@@ -265,7 +274,9 @@ def test_sharded_checkpoint(live, family, tmp_path):
 _FBJAX_SIZES = dict(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                    mlp_dim=48, max_seq_len=16)
 _FBJAX_EXTRA = {"mistral": dict(sliding_window=4), "gemma": dict(head_dim=16),
-                "gpt2": dict(num_kv_heads=4), "llama": dict(qkv_bias=True, out_bias=True)}
+                "gpt2": dict(num_kv_heads=4), "llama": dict(qkv_bias=True, out_bias=True),
+                "mixtral": dict(num_experts=4), "qwen3_moe": dict(num_experts=4,
+                                                                  experts_per_token=2)}
 
 
 def _random_variables(config, seed: int = 0):
@@ -290,7 +301,7 @@ def _random_variables(config, seed: int = 0):
     return jax.tree_util.tree_map_with_path(draw, boxed)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + ("mixtral", "qwen3_moe"))
 def test_export_of_fbjax_model_matches_transformers(live, family, tmp_path):
     """A model born in fbjax (boxed variables, as from ``init``) exports to an equivalent one."""
     import flax.linen as nn
@@ -417,6 +428,25 @@ def test_unimplemented_fields_are_named():
     with pytest.raises(hf.CheckpointError, match=r"layer_types \['chunked_attention'\]"):
         hf.config_from_hf({**_golden_config("qwen2_partial_swa"),
                            "layer_types": ["chunked_attention", "full_attention"]})
+
+
+def test_moe_fields_refused_or_mapped_by_name():
+    """Qwen3-MoE layouts with dense layers and router jitter are refused by name; the 4.x
+    spelling num_experts maps as transformers' attribute_map does."""
+    q3 = _golden_config("qwen3_moe")
+    with pytest.raises(hf.CheckpointError, match=r"mlp_only_layers=\[1\] is not implemented"):
+        hf.config_from_hf({**q3, "mlp_only_layers": [1]})
+    with pytest.raises(hf.CheckpointError, match="decoder_sparse_step=2 is not implemented"):
+        hf.config_from_hf({**q3, "decoder_sparse_step": 2})
+    with pytest.raises(hf.CheckpointError, match="router_jitter_noise=0.1 is not implemented"):
+        hf.config_from_hf({**_golden_config("mixtral"), "router_jitter_noise": 0.1})
+    legacy = {k: v for k, v in q3.items() if k != "num_local_experts"}
+    assert hf.config_from_hf({**legacy, "num_experts": 4}).num_experts == 4
+    with pytest.raises(hf.CheckpointError, match="num_local_experts=4 and num_experts=8 disagree"):
+        hf.config_from_hf({**q3, "num_experts": 8})
+    # Mixtral always renormalises: a ModelConfig without it has no Mixtral checkpoint.
+    with pytest.raises(ValueError, match="norm_topk_prob"):
+        hf.config_to_hf(preset("mixtral", num_experts=4, norm_topk_prob=False))
 
 
 def test_legacy_rope_spellings():
