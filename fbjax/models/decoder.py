@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fbjax.models.attention import attend, attention_mask, dense_attention
 from fbjax.models import moe
@@ -151,9 +152,13 @@ class Dense(nn.Module):
         )
         dtype = jnp.dtype(cfg.dtype)
         n_in = len(self.in_features)
+        if isinstance(kernel, (jax.Array, np.ndarray)):
+            # A qwix-quantized kernel (QLoRA's frozen base) is no array: qwix's dot_general
+            # dequantizes it itself, and it cannot be cast.
+            kernel = kernel.astype(dtype)
         y = jax.lax.dot_general(
             x.astype(dtype),
-            kernel.astype(dtype),
+            kernel,
             ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())),
         )
         if self.use_bias:
