@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "too
 
 import bench_alternate  # noqa: E402
 import bench_vs_tunix  # noqa: E402
+
 from fbjax.data import packing  # noqa: E402
 
 

@@ -36,12 +36,13 @@ fbjax on TRL's layout with the reference in the step (against ``trl``).
 
 TRL options considered: ``padding_free=True`` is disabled in TRL 1.16 (it warns and falls back to
 padding); TRL 1.16 has no ``use_logits_to_keep`` (its fused LM head already projects only the
-labelled positions); ``torch_compile_mode="max-autotune"`` spends minutes tuning kernels on a
-2-core CPU. ``bf16=True`` (autocast; this machine's CPU has AMX-bf16, so it can be faster than
-float32) changes the numerics, so it is not like for like with fbjax's float32 step: ``--trl-bf16``
-adds it as an extra step, ``trl_best_bf16``, with its own ratios. Accelerate keeps one state per
-process, so that trainer's mixed-precision setting is shared; the float32 trainers' losses are
-printed next to fbjax's, which shows they still run in float32.
+labelled positions); ``torch_compile_mode="max-autotune"`` was not tried (inductor's default mode
+is used). ``bf16=True`` (autocast to bfloat16; this machine's CPU has AMX-bf16, so it can be
+faster than float32) changes the numerics, so it is not like for like with fbjax's float32 step:
+``--trl-bf16`` adds it as an extra step, ``trl_best_bf16`` (``trl_best`` with the step under
+``torch.autocast("cpu", dtype=torch.bfloat16)``, which is what ``Trainer`` does with
+``bf16=True``; applied by hand because accelerate's state is one per process and the flag would
+switch every trainer in it), with its own ratios. Its losses are printed, not expected to match.
 
 Every step is jitted (fbjax) or TRL's own; ``Trainer.train()`` owns its loop, so to time single
 steps alternately with fbjax this script performs exactly what ``Trainer._inner_training_loop``
@@ -62,6 +63,7 @@ only figures from a quiet machine represent the code. TRL and torch are optional
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -183,7 +185,7 @@ class TrlStep:
                  "rejected": " " + as_text(g.completions[1])} for g in groups]
         config = DPOConfig(
             output_dir=workdir, per_device_train_batch_size=len(groups), beta=0.1,
-            loss_type=["sigmoid"], max_length=None, bf16=bf16, activation_checkpointing=False,
+            loss_type=["sigmoid"], max_length=None, bf16=False, activation_checkpointing=False,
             use_cpu=True, report_to="none", save_strategy="no", learning_rate=1e-6,
             max_grad_norm=1.0, seed=args.seed, dataloader_num_workers=0,
             precompute_ref_log_probs=best,
@@ -208,10 +210,16 @@ class TrlStep:
         # Trainer's inner loop calls training_step with the wrapped (here: compiled) model;
         # trainer.model stays the plain module whose parameters the optimizer holds.
         self.model = torch.compile(tr.model) if best else tr.model
+        # What Trainer does with bf16=True on a CPU (accelerator.autocast: torch.autocast to
+        # bfloat16), applied around the step: accelerate's state is one per process, so setting
+        # bf16 in this trainer's config would switch the other trainers to bf16 too.
+        self.autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if bf16
+                         else contextlib.nullcontext())
 
     def __call__(self) -> float:
         tr = self.trainer
-        loss = tr.training_step(self.model, dict(self.inputs))
+        with self.autocast:
+            loss = tr.training_step(self.model, dict(self.inputs))
         if tr.args.max_grad_norm > 0:
             tr.accelerator.clip_grad_norm_(tr.model.parameters(), tr.args.max_grad_norm)
         tr.optimizer.step()

@@ -63,7 +63,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -71,12 +71,12 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))
 sys.path.insert(0, _HERE)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
 import bench_alternate  # noqa: E402
 import bench_vs_trl  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import report_padding  # noqa: E402
+
 from fbjax.data import encode, packing  # noqa: E402
 from fbjax.train.optim import OptimizerConfig, make_optimizer  # noqa: E402
 
@@ -265,8 +265,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def run(args, groups) -> dict:
-    import tunix  # noqa: F401
     from importlib.metadata import version
+
+    import tunix  # noqa: F401
 
     real_tokens = sum(len(g.prompt) + sum(len(c) for c in g.completions) for g in groups)
     grid = args.max_prompt_len + args.max_response_len
