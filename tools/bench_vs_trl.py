@@ -14,34 +14,61 @@ What is held equal:
   receives the same token ids through a word-level tokenizer whose word ``<i>`` is id ``i``
   (checked: TRL's tokenized ids equal fbjax's).
 * **objective**: sigmoid DPO, beta 0.1, summed completion log-probs, reference = the initial
-  model computed in the step (TRL's default, ``precompute_ref_log_probs=False``), AdamW with
-  global-norm clipping at 1.0, float32, no gradient checkpointing, dropout off.
+  model, AdamW with global-norm clipping at 1.0, float32, no gradient checkpointing, dropout off.
 
-fbjax runs its default layout: the pairs packed into rows of ``--row-len`` tokens with the prompt
-shared by both completions; the step is the jitted ``fbjax.train.step.make_train_step``. TRL runs
-``DPOTrainer``'s own training step. ``Trainer.train()`` owns its loop, so to time single steps
-alternately with fbjax this script performs exactly what ``Trainer._inner_training_loop`` does for
-one optimizer step with ``gradient_accumulation_steps=1``, using the trainer's own objects:
-``trainer.training_step(model, inputs)`` (DPOTrainer's loss: policy forward with TRL's fused LM
-head, reference forward, backward), ``accelerator.clip_grad_norm_``, ``optimizer.step()``,
-``lr_scheduler.step()``, ``model.zero_grad()``; ``inputs`` come from DPOTrainer's own collator
-on its own tokenized dataset.
+Five steps are timed, one of each per repetition, in turn:
 
-Steps are timed alternately (fbjax, TRL, fbjax, ...) after warm-up (fbjax's first call
-compiles), each synchronised. Throughput counts real tokens: each prompt once plus both
-completions, the same number for both libraries, so the tokens/s ratio is the inverse ratio of
-step times. TRL and torch are optional dependencies needed only here.
+* ``fbjax``: fbjax's default, the pairs packed into rows of ``--row-len`` tokens with the prompt
+  shared by both completions, the reference forward in the step;
+* ``fbjax_cached``: the same layout, the reference log-probs computed once beforehand
+  (``fbjax.train.reference``) and read from the batch;
+* ``fbjax_padded_cached``: TRL's layout (one sequence per row, padded to the batch's longest),
+  reference cached, so against ``trl_best`` only the step differs;
+* ``trl``: TRL's defaults (reference forward in every step, eager PyTorch);
+* ``trl_best``: TRL at its best on this CPU: ``precompute_ref_log_probs=True`` and the policy
+  compiled with ``torch.compile`` (see ``TrlStep``).
+
+Two comparisons are reported, each as the median and range over repetitions of the per-
+repetition ratio (TRL's step time over fbjax's): like for like with both caching the reference
+(``fbjax_cached`` and ``fbjax_padded_cached`` against ``trl_best``), and default against default
+(``fbjax`` against ``trl``); also fbjax's default against ``trl_best``. ``--also-padded`` adds
+fbjax on TRL's layout with the reference in the step (against ``trl``).
+
+TRL options considered: ``padding_free=True`` is disabled in TRL 1.16 (it warns and falls back to
+padding); TRL 1.16 has no ``use_logits_to_keep`` (its fused LM head already projects only the
+labelled positions); ``torch_compile_mode="max-autotune"`` was not tried (inductor's default mode
+is used). ``bf16=True`` (autocast to bfloat16; this machine's CPU has AMX-bf16, so it can be
+faster than float32) changes the numerics, so it is not like for like with fbjax's float32 step:
+``--trl-bf16`` adds it as an extra step, ``trl_best_bf16`` (``trl_best`` with the step under
+``torch.autocast("cpu", dtype=torch.bfloat16)``, which is what ``Trainer`` does with
+``bf16=True``; applied by hand because accelerate's state is one per process and the flag would
+switch every trainer in it), with its own ratios. Its losses are printed, not expected to match.
+
+Every step is jitted (fbjax) or TRL's own; ``Trainer.train()`` owns its loop, so to time single
+steps alternately with fbjax this script performs exactly what ``Trainer._inner_training_loop``
+does for one optimizer step with ``gradient_accumulation_steps=1``, using the trainer's own
+objects: ``trainer.training_step(model, inputs)`` (DPOTrainer's loss: policy forward with TRL's
+fused LM head, reference forward unless precomputed, backward),
+``accelerator.clip_grad_norm_``, ``optimizer.step()``, ``lr_scheduler.step()``,
+``model.zero_grad()``; ``inputs`` come from DPOTrainer's own collator on its own tokenized
+dataset (with ``trl_best``, carrying the precomputed reference sums).
+
+Steps are timed alternately after ``--warmup`` rounds (which include XLA's and torch.compile's
+compilations), each synchronised. Throughput counts real tokens: each prompt once plus both
+completions, the same number for all, so the tokens/s ratio is the inverse ratio of step times.
+The load average is printed before, during and after: under load torch slows more than XLA, so
+only figures from a quiet machine represent the code. TRL and torch are optional dependencies needed only here.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import sys
 import tempfile
-import time
 from typing import Sequence
 
 import numpy as np
@@ -54,12 +81,14 @@ sys.path.insert(0, _HERE)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+import bench_alternate  # noqa: E402
 import report_padding  # noqa: E402
 from fbjax import sharding as fsh  # noqa: E402
 from fbjax.data import encode, packing  # noqa: E402
 from fbjax.models import hf as fhf  # noqa: E402
 from fbjax.models.decoder import Decoder  # noqa: E402
 from fbjax.train import presets  # noqa: E402
+from fbjax.train import reference  # noqa: E402
 from fbjax.train import step as steplib  # noqa: E402
 from fbjax.train.optim import OptimizerConfig, make_optimizer  # noqa: E402
 
@@ -96,7 +125,8 @@ def make_hf_model(args, vocab: int, out_dir: str):
         vocab_size=vocab, hidden_size=args.hidden, intermediate_size=args.mlp,
         num_hidden_layers=args.layers, num_attention_heads=args.heads,
         num_key_value_heads=args.kv_heads, max_position_embeddings=max(args.row_len, 1024),
-        rms_norm_eps=1e-6, tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+        rms_norm_eps=1e-6, rope_theta=float(getattr(args, "rope_theta", 10_000.0)),
+        tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
         bos_token_id=2, eos_token_id=EOS, pad_token_id=PAD, initializer_range=0.02,
     )
     LlamaForCausalLM(cfg).save_pretrained(out_dir)
@@ -130,9 +160,17 @@ def as_text(ids) -> str:
 
 
 class TrlStep:
-    """DPOTrainer's training step, one optimizer update per call (module docstring)."""
+    """DPOTrainer's training step, one optimizer update per call (module docstring).
 
-    def __init__(self, model_dir: str, groups, vocab: int, args, workdir: str):
+    ``best=True`` is TRL at its best on this CPU: ``precompute_ref_log_probs=True`` (DPOTrainer
+    computes every reference sum once, in its constructor, and the collator hands them to the
+    loss) and the policy compiled with ``torch.compile`` (inductor, default mode), which is what
+    ``torch_compile=True`` makes ``Trainer`` do through ``accelerator.prepare``; compiled here
+    directly because the accelerate state is one per process and this script holds two trainers.
+    """
+
+    def __init__(self, model_dir: str, groups, vocab: int, args, workdir: str,
+                 best: bool = False, bf16: bool = False):
         import datasets
         import torch
         import transformers
@@ -150,6 +188,7 @@ class TrlStep:
             loss_type=["sigmoid"], max_length=None, bf16=False, activation_checkpointing=False,
             use_cpu=True, report_to="none", save_strategy="no", learning_rate=1e-6,
             max_grad_norm=1.0, seed=args.seed, dataloader_num_workers=0,
+            precompute_ref_log_probs=best,
         )
         model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         self.trainer = DPOTrainer(model=model, ref_model=None, args=config,
@@ -164,17 +203,28 @@ class TrlStep:
             assert ex["prompt_ids"] == g.prompt.tolist(), "TRL tokenized the prompt differently"
             assert ex["chosen_ids"] == g.completions[0].tolist()
             assert ex["rejected_ids"] == g.completions[1].tolist()
-        self.inputs = tr.data_collator(
-            [{k: ex[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for ex in examples])
+        keys = ("prompt_ids", "chosen_ids", "rejected_ids")
+        if best:
+            keys += ("ref_chosen_logps", "ref_rejected_logps")
+        self.inputs = tr.data_collator([{k: ex[k] for k in keys} for ex in examples])
+        # Trainer's inner loop calls training_step with the wrapped (here: compiled) model;
+        # trainer.model stays the plain module whose parameters the optimizer holds.
+        self.model = torch.compile(tr.model) if best else tr.model
+        # What Trainer does with bf16=True on a CPU (accelerator.autocast: torch.autocast to
+        # bfloat16), applied around the step: accelerate's state is one per process, so setting
+        # bf16 in this trainer's config would switch the other trainers to bf16 too.
+        self.autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if bf16
+                         else contextlib.nullcontext())
 
     def __call__(self) -> float:
-        tr, model = self.trainer, self.trainer.model
-        loss = tr.training_step(model, dict(self.inputs))
+        tr = self.trainer
+        with self.autocast:
+            loss = tr.training_step(self.model, dict(self.inputs))
         if tr.args.max_grad_norm > 0:
-            tr.accelerator.clip_grad_norm_(model.parameters(), tr.args.max_grad_norm)
+            tr.accelerator.clip_grad_norm_(tr.model.parameters(), tr.args.max_grad_norm)
         tr.optimizer.step()
         tr.lr_scheduler.step()
-        model.zero_grad()
+        tr.model.zero_grad()
         return float(loss)
 
     def sequence_logps(self) -> np.ndarray:
@@ -201,7 +251,8 @@ class FbjaxStep:
     sequence, as TRL lays the batch out (isolates the layout's share of the difference).
     """
 
-    def __init__(self, model_dir: str, groups, args, layout: str = "prefix"):
+    def __init__(self, model_dir: str, groups, args, layout: str = "prefix",
+                 cached: bool = False, padded_len: int | None = None):
         config, params = fhf.load_hf(model_dir)
         self.config, self.model = config, Decoder(config)
         mesh = fsh.make_mesh(fsh.MeshConfig(shape=(1, 1, 1)), jax.devices()[:1])
@@ -210,14 +261,21 @@ class FbjaxStep:
         optimizer = make_optimizer(
             OptimizerConfig(learning_rate=1e-6, schedule="linear", grad_clip=1.0), 1000)
         longest = max(len(g.prompt) + len(c) for g in groups for c in g.completions)
-        self.padded = packing.padded(groups, seq_len=longest, num_rows=2 * len(groups),
-                                     fields=("weights",))[0]
-        self.batch = self._pack(groups, args.row_len) if layout == "prefix" else self.padded
+        self.padded = packing.padded(groups, seq_len=padded_len or longest,
+                                     num_rows=2 * len(groups), fields=("weights",))[0]
+        fields = ("weights",)
+        if cached:  # computed once, outside the timed steps (fbjax.train.reference)
+            sums = reference.compute_reference_logps(params, config, groups, chunk_size=args.chunk)
+            groups, fields = reference.attach(groups, sums), ("weights", reference.FIELD)
+        self.batch = (self._pack(groups, args.row_len, fields) if layout == "prefix" else
+                      packing.padded(groups, seq_len=padded_len or longest,
+                                     num_rows=2 * len(groups), fields=fields)[0])
         self.layout = (f"{self.batch['tokens'].shape[0]} x {self.batch['tokens'].shape[1]} "
                        + ("packed + prefix-shared" if layout == "prefix" else "padded"))
         self.state, shardings = steplib.create_state(
             params, model=self.model, optimizer=optimizer, objective=objective,
-            rng=jax.random.key(args.seed), mesh=mesh, rules=rules, reference_params=params)
+            rng=jax.random.key(args.seed), mesh=mesh, rules=rules,
+            reference_params=None if cached else params)
         bsh = steplib.batch_shardings(mesh, self.batch)
         self.device_batch = {k: jax.device_put(v, bsh[k]) for k, v in self.batch.items()}
         self.step = steplib.make_train_step(
@@ -229,9 +287,8 @@ class FbjaxStep:
         return int(self.batch["tokens"].size)
 
     @staticmethod
-    def _pack(groups, row_len):
-        kw = dict(seq_len=row_len, num_slots=2 * len(groups), share_prefix=True,
-                  fields=("weights",))
+    def _pack(groups, row_len, fields=("weights",)):
+        kw = dict(seq_len=row_len, num_slots=2 * len(groups), share_prefix=True, fields=fields)
         batch, used = packing.pack(groups, num_rows=len(groups), **kw)
         rows = int(np.sum(batch["segment_ids"].max(axis=1) > 0))
         batch, used = packing.pack(groups, num_rows=rows, **kw)  # same first fit, no empty rows
@@ -273,7 +330,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--also-padded", action="store_true",
-                   help="also time fbjax on TRL's padded layout (separates layout from engine)")
+                   help="also time fbjax on TRL's padded layout with the reference in the step")
+    p.add_argument("--trl-bf16", action="store_true",
+                   help="also time trl_best under bf16 autocast (bf16=True; float32 weights)")
     p.add_argument("--tokenizer-cache", default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -284,13 +343,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     groups, vocab = load_batch(args)
     real_tokens = sum(len(g.prompt) + sum(len(c) for c in g.completions) for g in groups)
+    load_before = bench_alternate.load_average()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, "model")
         make_hf_model(args, vocab, model_dir)
-        steps = {"fbjax": FbjaxStep(model_dir, groups, args)}
+        steps = {"fbjax": FbjaxStep(model_dir, groups, args),
+                 "fbjax_cached": FbjaxStep(model_dir, groups, args, cached=True),
+                 "fbjax_padded_cached": FbjaxStep(model_dir, groups, args, layout="padded",
+                                                  cached=True)}
         if args.also_padded:
             steps["fbjax_padded"] = FbjaxStep(model_dir, groups, args, layout="padded")
         steps["trl"] = TrlStep(model_dir, groups, vocab, args, os.path.join(tmp, "trl"))
+        steps["trl_best"] = TrlStep(model_dir, groups, vocab, args, os.path.join(tmp, "trl_b"),
+                                    best=True)
+        if args.trl_bf16:
+            steps["trl_best_bf16"] = TrlStep(model_dir, groups, vocab, args,
+                                             os.path.join(tmp, "trl_bf"), best=True, bf16=True)
 
         # Same weights, same batch: the two libraries' log-probs must agree before training.
         lp_fb, lp_tr = steps["fbjax"].sequence_logps(), steps["trl"].sequence_logps()
@@ -298,39 +366,51 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"{len(groups)} pairs, {real_tokens} real tokens; per-sequence log-prob "
               f"|fbjax - TRL| max {logp_diff:.2e} (sums of magnitude ~{np.abs(lp_tr).mean():.0f})")
 
-        # All start from the same weights and take the same AdamW updates, so their losses
-        # should stay close step by step (a check that the same step is being timed).
-        losses = {name: [] for name in steps}
-        times = {name: [] for name in steps}
-        for i in range(args.warmup + args.reps):
-            for name, step in steps.items():  # alternating: load drifts hit all alike
-                t = time.perf_counter()
-                losses[name].append(step())
-                if i >= args.warmup:
-                    times[name].append(time.perf_counter() - t)
+        # All start from the same weights and take the same AdamW updates (a cached reference
+        # holds the initial model's sums, as the in-step one computes), so their losses should
+        # stay close step by step: a check that the same step is being timed. The warm-up
+        # rounds include torch.compile's and XLA's compilations.
+        losses, times, loads = bench_alternate.time_alternately(
+            steps, warmup=args.warmup, reps=args.reps)
 
     medians = {name: statistics.median(t) for name, t in times.items()}
-    # Per repetition, tokens/s of fbjax over TRL = TRL's step time over fbjax's.
-    ratios = {name: statistics.median(b / a for a, b in zip(times[name], times["trl"]))
-              for name in steps if name != "trl"}
-    computed = {name: (step.computed_tokens if name != "trl"
+    # fbjax step vs TRL step, per repetition (tokens/s ratio = inverse ratio of step times).
+    pairs = {"like_for_like_cached": [("fbjax_cached", "trl_best"),
+                                      ("fbjax_padded_cached", "trl_best")],
+             "default_vs_default": [("fbjax", "trl")],
+             "fbjax_default_vs_trl_best": [("fbjax", "trl_best")]}
+    if args.also_padded:
+        pairs["default_vs_default"].append(("fbjax_padded", "trl"))
+    if args.trl_bf16:  # not like for like in numerics: fbjax stays float32
+        pairs["trl_bf16_autocast"] = [("fbjax_cached", "trl_best_bf16"),
+                                      ("trl_best", "trl_best_bf16")]
+    ratios = {kind: {f"{a} vs {b}": bench_alternate.ratio_stats(times[a], times[b])
+                     for a, b in ab} for kind, ab in pairs.items()}
+    computed = {name: (step.computed_tokens if name.startswith("fbjax")
                        else int(step.inputs["input_ids"].numel()))
                 for name, step in steps.items()}
-    layouts = {name: (step.layout if name != "trl" else
+    layouts = {name: (step.layout if name.startswith("fbjax") else
                       f"{step.inputs['input_ids'].shape[0]} x {step.inputs['input_ids'].shape[1]}"
                       " padded") for name, step in steps.items()}
+    reference = {"fbjax": "in step", "fbjax_padded": "in step", "fbjax_cached": "cached",
+                 "fbjax_padded_cached": "cached", "trl": "in step",
+                 "trl_best": "precomputed + torch.compile",
+                 "trl_best_bf16": "precomp. + compile + bf16"}
     result = {
         "pairs": len(groups),
         "real_tokens": real_tokens,
         "computed_tokens": computed,
         "layouts": layouts,
+        "reference": {name: reference[name] for name in steps},
         "model": {"layers": args.layers, "hidden": args.hidden, "heads": args.heads,
                   "kv_heads": args.kv_heads, "mlp": args.mlp, "vocab": vocab},
         "logp_max_abs_diff": logp_diff,
         "step_s": times,
         "step_s_median": medians,
         "tokens_per_s": {name: real_tokens / m for name, m in medians.items()},
-        "ratio_vs_trl_median": ratios,
+        "ratios": ratios,
+        "load_average": {"before": load_before, "per_rep_1min": loads,
+                         "after": bench_alternate.load_average()},
         "losses": losses,
         "versions": {"jax": jax.__version__, "torch": torch.__version__,
                      "transformers": transformers.__version__, "trl": trl.__version__},
@@ -338,14 +418,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "cpus": os.cpu_count(),
     }
     for name in steps:
-        print(f"DPO loss per step, {name:<13}" + " ".join(f"{x:.5f}" for x in losses[name]))
-    print(f"{'':14}{'layout':>30}{'computed':>10}{'median step s':>15}{'real tok/s':>12}"
-          f"{'vs TRL':>8}")
+        print(f"DPO loss per step, {name:<20}" + " ".join(f"{x:.5f}" for x in losses[name]))
+    print(f"{'':20}{'layout':>30}{'reference':>29}{'computed':>10}{'median s':>10}"
+          f"{'real tok/s':>11}")
     for name in steps:
-        ratio = f"{ratios[name]:.2f}x" if name in ratios else ""
-        print(f"{name:<14}{layouts[name]:>30}{computed[name]:>10}{medians[name]:>15.3f}"
-              f"{result['tokens_per_s'][name]:>12.0f}{ratio:>8}")
-    print(f"(vs TRL: median over {args.reps} alternating repetitions of the tokens/s ratio)")
+        print(f"{name:<20}{layouts[name]:>30}{reference[name]:>29}{computed[name]:>10}"
+              f"{medians[name]:>10.3f}{result['tokens_per_s'][name]:>11.0f}")
+    for kind, rs in ratios.items():
+        for label, st in rs.items():
+            print(f"{kind:<26} {label:<32} {bench_alternate.format_ratio(st)}")
+    print(f"(ratios: TRL's step time over fbjax's, per repetition; median and range over "
+          f"{args.reps} alternating repetitions; load average before "
+          f"{load_before}, during {min(loads, default=0):.2f} to {max(loads, default=0):.2f}, "
+          f"after {result['load_average']['after']} on {os.cpu_count()} CPUs)")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
