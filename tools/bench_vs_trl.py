@@ -16,6 +16,9 @@ What is held equal:
 * **objective**: sigmoid DPO, beta 0.1, summed completion log-probs, reference = the initial
   model, AdamW with global-norm clipping at 1.0, float32, no gradient checkpointing, dropout off.
 
+Every fbjax step uses training's default LM head at scored positions (passes of half the row,
+``TrainConfig.scored_bound``); TRL's fused head likewise projects only the labelled positions.
+
 Five steps are timed, one of each per repetition, in turn:
 
 * ``fbjax``: fbjax's default, the pairs packed into rows of ``--row-len`` tokens with the prompt
@@ -90,6 +93,7 @@ from fbjax.models.decoder import Decoder  # noqa: E402
 from fbjax.train import presets  # noqa: E402
 from fbjax.train import reference  # noqa: E402
 from fbjax.train import step as steplib  # noqa: E402
+from fbjax.train.config import TrainConfig  # noqa: E402
 from fbjax.train.optim import OptimizerConfig, make_optimizer  # noqa: E402
 
 EOS, PAD = 1, 0  # fbjax.tokenizers' special ids
@@ -278,9 +282,12 @@ class FbjaxStep:
             reference_params=None if cached else params)
         bsh = steplib.batch_shardings(mesh, self.batch)
         self.device_batch = {k: jax.device_put(v, bsh[k]) for k, v in self.batch.items()}
+        # fbjax's training default: the LM head at scored positions, passes of half the row.
+        self.max_scored = TrainConfig(seq_len=self.batch["tokens"].shape[1]).scored_bound
         self.step = steplib.make_train_step(
             model=self.model, objective=objective, optimizer=optimizer, mesh=mesh, rules=rules,
-            state_sharding=shardings, batch_sharding=bsh, chunk_size=args.chunk)
+            state_sharding=shardings, batch_sharding=bsh, chunk_size=args.chunk,
+            max_scored=self.max_scored)
 
     @property
     def computed_tokens(self) -> int:
