@@ -31,7 +31,6 @@ Run::
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 from experiments import common
 from fbjax import sampling
@@ -56,7 +55,7 @@ def paper() -> ExperimentConfig:
         provider=online_records.OVER_NEGATIVE,
         paper_provider="none asked: PKU-SafeRLHF's human-labelled harmful responses are the "
                        "negatives, the reference's own samples the positive distribution",
-        encode=functools.partial(online_records.d2o_groups, samples=SAMPLES_PER_PROMPT),
+        encode=online_records.d2o_groups,
         objective=presets.d2o(SAMPLES_PER_PROMPT, beta=0.1, alpha=0.1),
         rounds=1,
         samples_per_prompt=SAMPLES_PER_PROMPT,

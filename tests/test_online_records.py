@@ -155,7 +155,9 @@ def test_drift_samples_in_context_and_trains_on_the_original_prompt():
 def test_d2o_groups_put_the_negative_first_and_drop_short_groups():
     pair = lambda p, y, neg: ex.PairedExample(ex.user_prompt(p), y, neg)  # noqa: E731
     records = [pair("A", "y1", "n"), pair("A", "y2", "n"), pair("B", "z1", "m")]
-    (group,) = online_records.d2o_groups(records, Tok(), samples=2)
+    (group,) = online_records.d2o_groups(records, Tok())  # the largest group: 2 samples
+    assert online_records.d2o_groups(records, Tok(), samples=1)[0].prompt.tolist() == ids(
+        "B", bos=True)
     assert group.prompt.tolist() == ids("A", bos=True)
     assert [c.tolist() for c in group.completions] == [ids(t, eos=True) for t in ("n", "y1", "y2")]
 

@@ -59,26 +59,30 @@ def over_negative(prompt: ex.Prompt, response: str, meta: Mapping[str, Any]) -> 
 OVER_NEGATIVE = PerResponse(over_negative)
 
 
-def d2o_groups(records: Sequence[ex.PairedExample], tokenizer, *, samples: int) -> list[Group]:
+def d2o_groups(records: Sequence[ex.PairedExample], tokenizer, *,
+               samples: int | None = None) -> list[Group]:
     """D2O groups (Duan et al. 2024, arXiv:2403.03419): the human negative, then the ``samples``
     self-generated responses to its prompt (consecutive records sharing prompt and negative);
-    a prompt with fewer usable samples (an empty one was a failure) is left out."""
-    groups, run = [], []
+    a prompt with fewer usable samples (an empty one was a failure) is left out. ``None``: the
+    largest group's size, i.e. the stage's samples per prompt."""
+    runs, run = [], []
+    for r in records:
+        if run and (r.prompt, r.rejected) != (run[0].prompt, run[0].rejected):
+            runs.append(run)
+            run = []
+        run.append(r)
+    if run:
+        runs.append(run)
+    if samples is None:
+        samples = max((len(r) for r in runs), default=0)
+    groups = []
 
-    def flush():
+    for run in runs:
         if len(run) == samples:
             text = language.prompt_text(run[0].prompt)
             groups.append(Group(encode.prompt_ids(tokenizer, text), tuple(
                 encode.completion_ids(tokenizer, t)
                 for t in (run[0].rejected, *(r.chosen for r in run)))))
-
-    for r in records:
-        if run and (r.prompt, r.rejected) != (run[0].prompt, run[0].rejected):
-            flush()
-            run = []
-        run.append(r)
-    if run:
-        flush()
     return groups
 
 
