@@ -213,3 +213,36 @@ def test_c3po_revises_in_scope_and_keeps_the_original_elsewhere():
                                                         (SCOPE_NEAR,)]
     with pytest.raises(MissingProvider, match=r"^S\.feedback: C3PO needs the verbal feedback"):
         online.check_provider(online_records.ScopedRevisions(reviser=Reviser()), "S")
+
+
+# ----------------------------------------------------------------------------- ILF's sim judge
+
+
+def test_ilf_judge_data_teaches_the_oracles_critique_then_its_refinement():
+    from experiments import common
+    from fbjax.run import sim, sim_feedback
+
+    ctx = sim.DataContext(tokenizer=Tok(), task=common.SIM_TASK, seed=0, stage="judge")
+    groups = sim_feedback.IlfJudgeData(num_examples=3).load_in(ctx)
+    text = lambda a: "".join(chr(t - 3) for t in a.tolist() if t > 2)  # noqa: E731
+    assert len(groups) == 6  # 3 critiques, then 3 refinements
+    pairs = [(text(g.prompt), text(g.completions[0])) for g in groups]
+    for (seen, critique), (seen2, refinement) in zip(pairs[:3], pairs[3:]):
+        prompt, answer = seen.removesuffix("\nFeedback:").split("=")
+        prompt += "="
+        assert critique == common.SIM_TASK.critique(prompt, answer)
+        assert seen2 == f"{prompt}{answer}\nFeedback: {critique}\nRefinement: {prompt}"
+        assert refinement == common.SIM_TASK.refine(prompt, answer)
+
+
+def test_the_ilf_local_judge_tool_asks_the_judge_stage_for_feedback_and_refinements():
+    import sys
+
+    sys.path.insert(0, "tools")
+    import ilf_local_judge
+
+    cfg = ilf_local_judge.config(rounds=2)
+    assert [s.name for s in cfg.stages] == ["judge", "sft", "ILF", "eval"]
+    provider = cfg.main_stage.provider
+    assert (provider.critic.stage, provider.refiner.stage) == ("judge", "judge")
+    assert cfg.main_stage.rounds == 2 and cfg.main_stage.start == "sft"
