@@ -29,6 +29,8 @@ judgment, get likelihood (``fbjax.objectives.language.cut``).
   (``flag_final_token=False``; docs/experiments.md says why). The ``paper`` variant flags any
   token, as the released code does.
 * Compute (``paper``): 313 steps of 64 padded 1024-token rows (each response twice) on 13B.
+  (``paper_online``): per round, 1,000 responses of up to 512 tokens from 13B, their
+  judgments, and 32 steps of 64 padded 1024-token rows.
 
 Run::
 

@@ -7,7 +7,8 @@ separate references for the two terms in the paper.
 
 * ``paper``: PKU-SafeRLHF harmful responses as negatives (fbjax's ``negative`` view) on
   Alpaca-7B (``PKU-Alignment/alpaca-7b-reproduced``), K = 11 self-generated samples per prompt,
-  beta = alpha = 0.1 (the values of a third-party implementation; the paper's are unverified).
+  beta = alpha = 0.1 and sampling temperature 0.8 (the values of a third-party
+  implementation; the paper's are unverified).
   One online round (:class:`~fbjax.run.config.OnlineStage`): K responses per prompt sampled
   from the start (the reference, pi_r), each paired with the prompt's human negative
   (``fbjax.run.online_records.OVER_NEGATIVE``), grouped negative-first

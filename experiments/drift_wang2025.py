@@ -24,7 +24,8 @@ the dissatisfied turn and the user's feedback), regenerated every iteration. The
 * ``sim``: one round: the SFT policy's worst sample on a prompt (reward < 1) as the dissatisfied
   response, its best sample on that prompt as the chosen one (the tiny policy cannot read
   feedback, so its best sample stands in for the feedback-conditioned regeneration).
-* Compute (``paper``): 1,250 steps of 8 padded 2048-token rows, policy plus reference.
+* Compute (``paper``): the seed stage's 369 steps, then per round one response per DSAT turn
+  (up to 512 tokens) and 1,250 steps of 8 padded 2048-token rows, policy plus reference.
 
 Run::
 

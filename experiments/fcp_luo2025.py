@@ -22,7 +22,8 @@ feedback those samples receive.
 * ``sim``: one offline round on the task's critiques; evaluation samples conditioned on the
   critique a correct answer gets (as :mod:`experiments.alt_lloret2024`, the objective is the
   same feedback-conditioned likelihood).
-* Compute (``paper``): 782 steps of 128 padded 4096-token rows on 7B for the offline stage.
+* Compute (``paper``): 782 steps of 128 padded 4096-token rows on 7B for the offline stage;
+  online, 40,000 rollouts of up to 3,072 tokens, their critiques and 313 steps of 128 rows.
 
 Run::
 

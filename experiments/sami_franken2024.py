@@ -28,7 +28,8 @@ diagonal, a lower bound on the conditional mutual information between constituti
   likelihoods across principles and responses without ever raising them, so it cannot teach
   the new format (0.11 -> 0.13 after 40 steps; after 160, 0.11 and still unable to tell the
   principles apart). See the docs table.
-* Compute (``paper``): 138 steps of 128 rows of 1024 tokens (2 x 2 per query), plus sampling.
+* Compute (``paper``): per round, 2 responses per query (up to 256 tokens) and 138 steps of
+  128 rows of 1024 tokens (2 x 2 per query); 3 rounds.
 
 Run::
 
