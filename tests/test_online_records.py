@@ -137,6 +137,9 @@ def test_refine_keeps_the_candidate_most_similar_to_the_feedback():
         ("a0", "apple pie please", "refinement"), ("b0", "apple pie please", "refinement")]
     assert [r.feedback for r in fb.records] == ["fix a0 to apple pie", "fix b0 to apple pie"]
     assert fb.stats["feedback/records"] == 2 and fb.stats["feedback/responses"] == 3
+    unindexed = lambda b: Feedback((ex.FeedbackExample(b.prompts[0], "a0", "f"),))  # noqa: E731
+    with pytest.raises(ValueError, match=r"Refine: the critic's records must name .* 1 do not"):
+        online.Refine(critic=unindexed, refiner=FakeRefiner())(batch)
 
 
 # ----------------------------------------------------------------------------- records -> groups

@@ -213,6 +213,12 @@ class Refine:
             raise ValueError(f"Refine.candidates must be >= 1, got {self.candidates}")
         critiques = self.critic(batch)
         failures = list(critiques.failures)
+        missing = [r for r in critiques.records
+                   if "prompt_index" not in r.meta or "response_index" not in r.meta]
+        if missing:
+            raise ValueError("Refine: the critic's records must name their response in "
+                             "meta['prompt_index'] and meta['response_index'], as a LocalJudge's "
+                             f"do; {len(missing)} do not")
         by_response = {(r.meta["prompt_index"], r.meta["response_index"]): r
                        for r in critiques.records}
         keys = sorted(by_response)
