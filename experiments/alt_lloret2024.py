@@ -13,9 +13,10 @@ on the feedback an ideal output would get, and iterates with fresh feedback on i
   train (feedback, prompt) -> continuation. The paper's feedback is the Perspective API's
   toxicity score bucketed into 5 quantile tags (``paper_provider``); fbjax has no local toxicity
   scorer, so the provider is :class:`~fbjax.run.online.Unavailable` and the run fails before
-  sampling, naming it (a provider of your own can replace it in the config). The paper's first round samples unconditioned; fbjax conditions
-  every round. fbjax has no RealToxicityPrompts reader either. Models, learning rate, batch,
-  rounds, samples per prompt and continuation length are unverified.
+  sampling, naming it (a provider of your own can replace it in the config). As in the paper,
+  the first round samples unconditioned (``plain_first_round``). fbjax has no
+  RealToxicityPrompts reader either. Models, learning rate, batch, rounds, samples per prompt
+  and continuation length are unverified.
 * Expected (as recalled): toxicity lower than Quark's at similar fluency; no number recorded.
 * ``sim``: the task's critiques as the feedback; evaluation samples conditioned on the critique
   a correct answer gets.
@@ -57,6 +58,7 @@ def paper() -> ExperimentConfig:
             name="allenai/real-toxicity-prompts", reason="no fbjax reader")),
         prompts=online.DatasetPrompts(num_prompts=EXPLORE_SAMPLES),
         prompt_template=nontoxic_prompt,
+        plain_first_round=True,
         provider=online.Unavailable(what="Perspective API toxicity scores bucketed into 5 "
                                     "quantile feedback tags (fbjax has no toxicity scorer)"),
         paper_provider="Perspective API toxicity scores as 5 quantile feedback tags",

@@ -249,3 +249,13 @@ def test_the_ilf_local_judge_tool_asks_the_judge_stage_for_feedback_and_refineme
     provider = cfg.main_stage.provider
     assert (provider.critic.stage, provider.refiner.stage) == ("judge", "judge")
     assert cfg.main_stage.rounds == 2 and cfg.main_stage.start == "sft"
+
+
+def test_alt_samples_round_one_plain_and_later_rounds_under_the_condition():
+    from experiments import alt_lloret2024
+
+    stage = alt_lloret2024.get_config("paper").main_stage
+    assert online.shown_prompts(stage, ["p"], 1) == ["p"]
+    assert online.shown_prompts(stage, ["p"], 2) == [alt_lloret2024.nontoxic_prompt("p")]
+    every = dataclasses.replace(stage, plain_first_round=False)
+    assert online.shown_prompts(every, ["p"], 1) == [alt_lloret2024.nontoxic_prompt("p")]

@@ -144,6 +144,9 @@ class OnlineStage:
     sampling: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=64,
                                                                 temperature=1.0)
     prompt_template: Callable[[str], str] | None = None
+    # Round 1 samples under the plain prompt (ALT: the start has never seen a feedback
+    # condition, so its first samples are unconditioned; later rounds use prompt_template).
+    plain_first_round: bool = False
     optimizer: OptimizerConfig = OptimizerConfig()
     train: TrainConfig = TrainConfig()
     start: str | None = None

@@ -102,6 +102,15 @@ class DatasetPrompts:
         return texts, metadata
 
 
+def shown_prompts(stage: Any, prompts: Sequence[str], round_index: int) -> list[str]:
+    """What the policy is sampled under in round ``round_index``: each prompt through the
+    stage's ``prompt_template``, except in round 1 of a stage with ``plain_first_round``."""
+    template = stage.prompt_template
+    if template is None or (stage.plain_first_round and round_index == 1):
+        return list(prompts)
+    return [template(p) for p in prompts]
+
+
 # ----------------------------------------------------------------------------- providers
 
 

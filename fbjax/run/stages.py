@@ -337,7 +337,7 @@ def online_stage(ctx: Run, stage: OnlineStage) -> Trained:
         else:
             prompts, metadata = stage.prompts.prompts(ctx.config.task, ctx.config.seed, r,
                                                       stage.data)
-            shown = [stage.prompt_template(p) if stage.prompt_template else p for p in prompts]
+            shown = online.shown_prompts(stage, prompts, r)
             flat = [p for p in shown for _ in range(stage.samples_per_prompt)]
             out = evaluation.sample(params, model, ctx.tokenizer, flat,
                                     sampling_config=ctx.stop_sampling(stage.sampling),
