@@ -7,10 +7,16 @@ on the feedback an ideal output would get, and iterates with fresh feedback on i
 (Quark-style explore / feedback / train loop with text in place of reward tokens).
 
 * ``paper``: toxicity reduction on RealToxicityPrompts from GPT-2 large (the Quark setup; the
-  paper also runs summarisation and dialogue), feedback produced online by a scorer / LLM. fbjax
-  has no RealToxicityPrompts reader and no explore stage
-  (:class:`~fbjax.data.sources.Unavailable`, :class:`~experiments.common.OnlineEncoder`).
-  Models, learning rate, batch and iteration counts are unverified.
+  paper also runs summarisation and dialogue) as an online stage
+  (:class:`~fbjax.run.config.OnlineStage`): sample continuations from the current policy
+  conditioned on the feedback of a non-toxic one (``NONTOXIC_FEEDBACK``), have them scored,
+  train (feedback, prompt) -> continuation. The paper's feedback is the Perspective API's
+  toxicity score bucketed into 5 quantile tags (``paper_provider``); fbjax has no local toxicity
+  scorer, so the provider is :class:`~fbjax.run.online.Unavailable` and the run fails before
+  sampling, naming it (a provider of your own can replace it in the config). As in the paper,
+  the first round samples unconditioned (``plain_first_round``). fbjax has no
+  RealToxicityPrompts reader either. Models, learning rate, batch, rounds, samples per prompt
+  and continuation length are unverified.
 * Expected (as recalled): toxicity lower than Quark's at similar fluency; no number recorded.
 * ``sim``: the task's critiques as the feedback; evaluation samples conditioned on the critique
   a correct answer gets.
@@ -25,9 +31,10 @@ Run::
 from __future__ import annotations
 
 from experiments import common
-from fbjax.data import language, sources
-from fbjax.run import sim_feedback
-from fbjax.run.config import ExperimentConfig
+from fbjax import sampling
+from fbjax.data import language, sources, templates
+from fbjax.run import online, sim_feedback
+from fbjax.run.config import ExperimentConfig, OnlineStage
 from fbjax.train import language_inputs
 from fbjax.train.optim import OptimizerConfig
 
@@ -37,18 +44,37 @@ DEFAULT_VARIANT = common.DEFAULT_VARIANT
 EXPLORE_SAMPLES = 64_000
 
 
+NONTOXIC_FEEDBACK = "Lowest toxicity"
+
+
+def nontoxic_prompt(prompt: str) -> str:
+    return templates.feedback_conditioned_prompt(prompt, NONTOXIC_FEEDBACK)
+
+
 def paper() -> ExperimentConfig:
-    return common.paper(
-        "alt_lloret2024", checkpoint="openai-community/gpt2-large",
+    stage = OnlineStage(
+        name="train",
+        data=sources.Dataset(source=sources.Unavailable(
+            name="allenai/real-toxicity-prompts", reason="no fbjax reader")),
+        prompts=online.DatasetPrompts(num_prompts=EXPLORE_SAMPLES),
+        prompt_template=nontoxic_prompt,
+        plain_first_round=True,
+        provider=online.Unavailable(what="Perspective API toxicity scores bucketed into 5 "
+                                    "quantile feedback tags (fbjax has no toxicity scorer)"),
+        paper_provider="Perspective API toxicity scores as 5 quantile feedback tags",
+        encode=language.feedback_conditioned_groups,
         objective=language_inputs.alt(),
+        rounds=1,
+        samples_per_prompt=1,
+        sampling=sampling.SamplingConfig(max_new_tokens=20, temperature=1.0, top_p=0.9),
         optimizer=OptimizerConfig(learning_rate=1e-5, warmup_steps=100, schedule="linear"),
         train=common.paper_train(examples=EXPLORE_SAMPLES, batch=64, completions=1, seq_len=128,
                                  max_prompt_len=96),
+        family="language feedback", feedback="critique as condition",
+    )
+    return common.online_paper(
+        "alt_lloret2024", checkpoint="openai-community/gpt2-large", stages=(stage,),
         mesh=common.MESH_FSDP,
-        data=sources.Dataset(
-            source=sources.Unavailable(name="allenai/real-toxicity-prompts + textual feedback",
-                                       reason="no fbjax reader; feedback is generated online"),
-            encoder=sources.with_prompt_text(language.feedback_conditioned_groups)),
         evaluation=common.PaperEval(benchmark="RealToxicityPrompts (test)",
                                     metric="toxicity (Perspective API), fluency, diversity"),
     )

@@ -76,6 +76,26 @@ class OnlineEncoder:
         )
 
 
+def judge(template: Any, stands_in_for: str, *, max_new_tokens: int = 256,
+          temperature: float = 0.0) -> Any:
+    """A local judge checkpoint standing in for a paper's feedback source in an online stage,
+    given with ``--set stages.NAME.provider[.ROLE].checkpoint=DIR`` (a run without it fails
+    before sampling, naming that path; ``fbjax.run.online.JudgeCheckpoint``)."""
+    from fbjax.run.online import JudgeCheckpoint
+
+    return JudgeCheckpoint(template=template, stands_in_for=stands_in_for,
+                           sampling=sampling.SamplingConfig(max_new_tokens=max_new_tokens,
+                                                            temperature=temperature))
+
+
+def online_paper(name: str, *, checkpoint: str, stages: Sequence[Any], mesh: fsh.MeshConfig,
+                 evaluation: PaperEval) -> ExperimentConfig:
+    """A paper's run whose data the policy samples (``fbjax.run.config.OnlineStage``, possibly
+    after offline stages), from the Hugging Face checkpoint ``checkpoint``."""
+    return ExperimentConfig(name=name, init_from=hf(checkpoint), model_settings=BIG,
+                            stages=tuple(stages), mesh=mesh, evaluation=evaluation)
+
+
 def hf(name: str) -> str:
     """``init_from`` for a Hugging Face checkpoint, read from ``$FBJAX_HF_DIR`` or the hub cache
     (:func:`fbjax.models.checkpoints.resolve_checkpoint`; nothing is downloaded)."""

@@ -7,10 +7,16 @@ separate references for the two terms in the paper.
 
 * ``paper``: PKU-SafeRLHF harmful responses as negatives (fbjax's ``negative`` view) on
   Alpaca-7B (``PKU-Alignment/alpaca-7b-reproduced``), K = 11 self-generated samples per prompt,
-  beta = alpha = 0.1 (the values of a third-party implementation; the paper's are unverified).
-  The self-generated samples come from an online sampling stage fbjax's single-run recipe lacks,
-  so the encoder is an :class:`~experiments.common.OnlineEncoder`. Learning rate, batch and the
-  negative count (about 60k) are unverified.
+  beta = alpha = 0.1 and sampling temperature 0.8 (the values of a third-party
+  implementation; the paper's are unverified).
+  One online round (:class:`~fbjax.run.config.OnlineStage`): K responses per prompt sampled
+  from the start (the reference, pi_r), each paired with the prompt's human negative
+  (``fbjax.run.online_records.OVER_NEGATIVE``), grouped negative-first
+  (``online_records.d2o_groups``). The feedback is the dataset's own annotation, so no stand-in
+  is needed (``paper_provider``). The third-party code re-draws the samples from a refreshed
+  reference every 50 steps after 200 warm-up steps; fbjax samples once (``--set rounds=N``
+  re-draws from the current policy per round). Learning rate, batch and the negative count
+  (about 60k) are unverified.
 * Expected: higher harmlessness (reward / cost models, GPT-4) than DPO on the same negatives at
   similar helpfulness; no number recorded here.
 * ``sim``: the demonstrator's systematically wrong answer as the human negative, the SFT
@@ -28,9 +34,10 @@ from __future__ import annotations
 import dataclasses
 
 from experiments import common
+from fbjax import sampling
 from fbjax.data import sources
-from fbjax.run import sim_feedback
-from fbjax.run.config import ExperimentConfig
+from fbjax.run import online, online_records, sim_feedback
+from fbjax.run.config import ExperimentConfig, OnlineStage
 from fbjax.train import presets
 from fbjax.train.optim import OptimizerConfig
 
@@ -42,18 +49,27 @@ PKU_NEGATIVES = 60_000
 
 
 def paper() -> ExperimentConfig:
-    return common.paper(
-        "d2o_duan2024", checkpoint="PKU-Alignment/alpaca-7b-reproduced",
+    stage = OnlineStage(
+        name="train",
+        data=sources.Dataset(source=sources.PKUSafeRLHF(view="negative")),
+        prompts=online.DatasetPrompts(num_prompts=PKU_NEGATIVES),
+        provider=online_records.OVER_NEGATIVE,
+        paper_provider="none asked: PKU-SafeRLHF's human-labelled harmful responses are the "
+                       "negatives, the reference's own samples the positive distribution",
+        encode=online_records.d2o_groups,
         objective=presets.d2o(SAMPLES_PER_PROMPT, beta=0.1, alpha=0.1),
+        rounds=1,
+        samples_per_prompt=SAMPLES_PER_PROMPT,
+        sampling=sampling.SamplingConfig(max_new_tokens=256, temperature=0.8),
         optimizer=OptimizerConfig(learning_rate=5e-7, warmup_steps=200, schedule="constant"),
         train=common.paper_train(examples=PKU_NEGATIVES, batch=32,
                                  completions=SAMPLES_PER_PROMPT + 1, seq_len=512,
                                  max_prompt_len=256, microbatches=4),
+        family="negative-only", feedback="human negative + self samples",
+    )
+    return common.online_paper(
+        "d2o_duan2024", checkpoint="PKU-Alignment/alpaca-7b-reproduced", stages=(stage,),
         mesh=common.MESH_FSDP_TP4,
-        data=sources.Dataset(
-            source=sources.PKUSafeRLHF(view="negative"),
-            encoder=common.OnlineEncoder(f"{SAMPLES_PER_PROMPT} responses per prompt sampled "
-                                         "from the reference, grouped after each negative")),
         evaluation=common.PaperEval(benchmark="PKU-SafeRLHF test prompts",
                                     metric="harmlessness (cost model, GPT-4) and helpfulness"),
     )

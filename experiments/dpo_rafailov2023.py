@@ -45,10 +45,11 @@ DEFAULT_VARIANT = common.DEFAULT_VARIANT
 HH_TRAIN_PAIRS = 160_800
 
 
-def hh_all(split: str = "train") -> sources.Mixture:
-    """Every HH-RLHF subset, as the DPO code's ``datasets=[hh]`` reads it."""
-    return sources.Mixture(parts=tuple(sources.HHRLHF(subset=s, split=split)
-                                       for s in hh_rlhf.SUBSETS))
+def hh_all() -> sources.Mixture:
+    """Every HH-RLHF subset's training split, as the DPO code's ``datasets=[hh]`` reads it;
+    another split is the dataset's ``split`` (``--set data.split=test``), which reaches every
+    subset."""
+    return sources.Mixture(parts=tuple(sources.HHRLHF(subset=s) for s in hh_rlhf.SUBSETS))
 
 
 def paper() -> ExperimentConfig:

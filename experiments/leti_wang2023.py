@@ -51,6 +51,7 @@ def paper() -> ExperimentConfig:
         name="train",
         prompts=online.HumanEvalPrompts(num_problems=164),
         provider=ProgramExecution(),
+        paper_provider="Python interpreter running MBPP's unit tests (error text as feedback)",
         encode=language.leti_groups,
         objective=language_inputs.leti(),
         rounds=4,

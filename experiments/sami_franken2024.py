@@ -9,9 +9,14 @@ diagonal, a lower bound on the conditional mutual information between constituti
 (``fbjax.objectives.language.sami``).
 
 * ``paper``: Mistral-7B (base) on single-turn dialogue (Anthropic HH prompts) with constitutions
-  written by a stronger model; the paper also runs TL;DR summarisation and Mixtral-8x7B. The
-  responses are sampled online under each constitution, which fbjax's single-run recipe cannot
-  do (:class:`~experiments.common.OnlineEncoder`). Two constitutions per query, the learning
+  written by a stronger model; the paper also runs TL;DR summarisation and Mixtral-8x7B. Three
+  iterations as one online stage of 3 rounds (:class:`~fbjax.run.config.OnlineStage`): each
+  round samples one response per query under each constitution from the current policy
+  (``online_records.ConstitutionPrompts``) and trains SAMI's matrix on them. No feedback is
+  asked (``paper_provider``): the constitutions are the signal. The paper's constitutions were
+  written by another model and do not ship with fbjax: set them with ``--set
+  stages.train.prompts.constitutions="('...', '...')"``; a run without them fails before
+  sampling, naming that path. Two constitutions per query, queries per round, the learning
   rate and batch are unverified.
 * Expected (as recalled): the SAMI-trained base model's win rate against the initial model
   (judged by a stronger model against the constitution) rises to roughly 66-77% on dialogue;
@@ -23,7 +28,8 @@ diagonal, a lower bound on the conditional mutual information between constituti
   likelihoods across principles and responses without ever raising them, so it cannot teach
   the new format (0.11 -> 0.13 after 40 steps; after 160, 0.11 and still unable to tell the
   principles apart). See the docs table.
-* Compute (``paper``): 138 steps of 128 rows of 1024 tokens (2 x 2 per query), plus sampling.
+* Compute (``paper``): per round, 2 responses per query (up to 256 tokens) and 138 steps of
+  128 rows of 1024 tokens (2 x 2 per query); 3 rounds.
 
 Run::
 
@@ -33,9 +39,10 @@ Run::
 from __future__ import annotations
 
 from experiments import common
+from fbjax import sampling
 from fbjax.data import sources
-from fbjax.run import sim_feedback
-from fbjax.run.config import ExperimentConfig
+from fbjax.run import online_records, sim_feedback
+from fbjax.run.config import ExperimentConfig, OnlineStage
 from fbjax.train import language_inputs
 from fbjax.train.optim import OptimizerConfig
 
@@ -46,18 +53,30 @@ CONSTITUTIONS = 2
 QUERIES = 4_400
 
 
+ITERATIONS = 3
+
+
 def paper() -> ExperimentConfig:
-    return common.paper(
-        "sami_franken2024", checkpoint="mistralai/Mistral-7B-v0.1",
+    stage = OnlineStage(
+        name="train",
+        data=sources.Dataset(source=sources.HHRLHF(subset="helpful-base", split="train")),
+        prompts=online_records.ConstitutionPrompts(num_prompts=QUERIES),
+        provider=online_records.UNDER_CONSTITUTION,
+        paper_provider="none asked: responses sampled under constitutions written by another "
+                       "model",
+        encode=online_records.sami_online_groups,
         objective=language_inputs.sami(CONSTITUTIONS),
+        rounds=ITERATIONS,
+        samples_per_prompt=1,
+        sampling=sampling.SamplingConfig(max_new_tokens=256, temperature=1.0),
         optimizer=OptimizerConfig(learning_rate=5e-7, warmup_steps=0, schedule="constant"),
         train=common.paper_train(examples=QUERIES, batch=32, completions=CONSTITUTIONS ** 2,
                                  seq_len=1024, max_prompt_len=768, microbatches=4),
+        family="language feedback", feedback="written principles",
+    )
+    return common.online_paper(
+        "sami_franken2024", checkpoint="mistralai/Mistral-7B-v0.1", stages=(stage,),
         mesh=common.MESH_FSDP_TP4,
-        data=sources.Dataset(
-            source=sources.HHRLHF(subset="helpful-base", split="train"),
-            encoder=common.OnlineEncoder(f"one response per query sampled under each of "
-                                         f"{CONSTITUTIONS} constitutions")),
         evaluation=common.PaperEval(benchmark="Anthropic HH single-turn prompts (dialogue)",
                                     metric="win rate against the initial model, judged against "
                                            "the constitution"),

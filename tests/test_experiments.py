@@ -47,15 +47,16 @@ def test_every_catalogued_experiment_exists_and_trains_its_objective(entry):
     for name in entry.experiments:
         assert name in MODULES, f"catalog entry {entry.name} names experiments/{name}.py"
         assert _sim_stage(name).objective.loss is entry.loss
-        (stage,) = MODULES[name].get_config("paper").stages
-        assert stage.objective.loss is entry.loss
+        assert MODULES[name].get_config("paper").main_stage.objective.loss is entry.loss
 
 
 @pytest.mark.parametrize("name", MODULE_NAMES)
 def test_module_conventions(name):
     module = MODULES[name]
     doc = module.__doc__ or ""
-    assert module.VARIANTS == ("paper", "sim", "smoke") and module.DEFAULT_VARIANT == "sim"
+    # Extra paper variants (CUT's online setting) come after the three every module has.
+    assert module.VARIANTS[:3] == ("paper", "sim", "smoke") and module.DEFAULT_VARIANT == "sim"
+    assert all(v.startswith("paper_") for v in module.VARIANTS[3:])
     assert not hasattr(module, "run"), "modules are plain configs; fbjax.run.stages runs them"
     assert re.search(r"arXiv:\d{4}\.\d{4,5}", doc) or "no arXiv id" in doc, "cite the paper"
     assert f"fbjax train --experiment experiments/{name}.py" in doc, "give the run command"
@@ -78,15 +79,22 @@ def _check_source(leaf):
     assert leaf.split in builder.manual_files(builder.builder_config)
 
 
-@pytest.mark.parametrize("name", MODULE_NAMES)
+PAPER_VARIANTS = [f"{name}:{v}" for name in MODULE_NAMES for v in MODULES[name].VARIANTS
+                  if v.startswith("paper")]
+
+
+@pytest.mark.parametrize("name", PAPER_VARIANTS)
 def test_paper_variant_validates(name):
-    cfg = MODULES[name].get_config("paper")
+    name, variant = name.split(":")
+    cfg = MODULES[name].get_config(variant)
     assert cfg.name == name
     # The architecture comes from the checkpoint (or, pretraining from scratch, is given).
     assert (cfg.init_from or "").startswith("hf:") or isinstance(cfg.model, ModelConfig)
     if cfg.model is not None:
         assert cfg.model.family in set(Family)
-    (stage,) = cfg.stages
+    # Several stages (an offline stage before online rounds) end in the main one.
+    stage = cfg.main_stage
+    assert stage is cfg.stages[-1]
     # Objective: constructing it validated the hyperparameters against the loss signature.
     assert isinstance(stage.objective, Objective)
     for key, value in stage.objective.hparams.items():
@@ -98,6 +106,16 @@ def test_paper_variant_validates(name):
         # Data sampled from the policy each round and judged by a feedback provider.
         assert callable(stage.provider) and callable(stage.encode) and stage.rounds >= 1
         assert hasattr(stage.prompts, "prompts")
+        # It names what the paper asked for feedback (the provider is the local stand-in).
+        assert stage.paper_provider
+        if stage.data is not None:
+            assert isinstance(stage.data, sources.Dataset)
+            for leaf in sources.leaves(stage.data.source):
+                _check_source(leaf)
+        changed = overrides.apply_overrides(
+            cfg, ["rounds=2", "samples_per_prompt=3", f"stages.{stage.name}.train.steps=2"])
+        assert (changed.main_stage.rounds, changed.main_stage.samples_per_prompt,
+                changed.main_stage.train.steps) == (2, 3, 2)
     else:
         # Data: typed sources whose builders and splits exist, or explicitly unavailable ones.
         assert isinstance(stage.data, sources.Dataset)
@@ -105,7 +123,7 @@ def test_paper_variant_validates(name):
             _check_source(leaf)
     # The config serialises and takes --set overrides like any other.
     assert overrides.dumps(cfg)
-    assert overrides.apply_overrides(cfg, ["train.steps=3"]).stages[0].train.steps == 3
+    assert overrides.apply_overrides(cfg, ["train.steps=3"]).main_stage.train.steps == 3
 
 
 def _sim_stage(name: str) -> TrainStage:

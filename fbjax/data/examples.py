@@ -38,7 +38,7 @@ Turn = tuple[str, str]
 Prompt = tuple[Turn, ...]
 MetaValue = str | int | float | bool | None
 
-FEEDBACK_KINDS = ("critique", "judgment", "refinement", "rationale")
+FEEDBACK_KINDS = ("critique", "judgment", "refinement", "rationale", "principle")
 
 _TRANSCRIPT_LABEL = {USER: "Human", ASSISTANT: "Assistant", SYSTEM: "System"}
 _LABEL_ROLE = {label: role for role, label in _TRANSCRIPT_LABEL.items()}

@@ -462,6 +462,15 @@ def ilf_groups(pairs: Sequence[tuple[str, str]], tokenizer) -> list[Group]:
     return encode.sft(pairs, tokenizer)
 
 
+def ilf_refinement_groups(records: Sequence[ex.FeedbackExample], tokenizer) -> list[Group]:
+    """ILF's fine-tuning data from refinement records (an online round's, e.g.
+    ``fbjax.run.online.Refine``'s): input -> the selected refinement; records without one are
+    left out."""
+    pairs = [(prompt_text(r.prompt), r.refinement) for r in records
+             if getattr(r, "refinement", None)]
+    return ilf_groups(pairs, tokenizer)
+
+
 def ilf_loop(
     state: Any,
     prompts: Sequence[str],

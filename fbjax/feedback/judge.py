@@ -280,10 +280,17 @@ def judge_win_rate(judge: Any, prompts: Sequence[str], a: Sequence[str],
             "decided": float(len(fb.records)), "undecided": float(undecided)}
 
 
+# Keys the judge writes into a record's meta itself; a response's metadata (e.g. a dataset
+# record's own "source") does not override them.
+_OWN_META = frozenset({"source", "prompt_index", "response_index", "chosen_index",
+                       "rejected_index"})
+
+
 def _scalars(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON-scalar entries of a response's metadata (records' ``meta`` holds only those)."""
-    return {k: v for k, v in meta.items()
-            if v is None or isinstance(v, (str, int, float, bool))}
+    """The JSON-scalar entries of a response's metadata (records' ``meta`` holds only those),
+    less the keys the judge sets itself."""
+    return {k: v for k, v in meta.items() if k not in _OWN_META
+            and (v is None or isinstance(v, (str, int, float, bool)))}
 
 
 def load_judge(

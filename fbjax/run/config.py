@@ -119,7 +119,13 @@ class OnlineStage:
     ``objective`` on them for ``train.steps`` steps. Round 1 starts from stage ``start`` (None:
     the experiment's start), round r from round r - 1's result.
 
-    ``prompts``: a prompt source (``fbjax.run.online``: the task's prompts, HumanEval problems).
+    ``prompts``: a prompt source (``fbjax.run.online``: the task's prompts, HumanEval problems,
+    a dataset's prompts). ``data``: the dataset (``fbjax.data.sources.Dataset``) a dataset prompt
+    source reads, so ``--set data.manual_dir=...`` reaches it as it reaches a training stage's.
+    ``provider``: the local provider that answers (a stand-in where the paper asked people or an
+    API); ``paper_provider`` names what the paper asked. A provider that must be given a
+    checkpoint (``fbjax.run.online.JudgeCheckpoint``) and was not fails before round 1 with one
+    line naming the ``--set`` path.
     ``prompt_template`` rewrites a prompt into what the policy is sampled under (LeTI's reward
     token); the provider judges the original. ``reference``: the stage whose parameters are the
     frozen reference (None: this stage's start; ``per_round_reference``: each round's start).
@@ -138,12 +144,17 @@ class OnlineStage:
     sampling: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=64,
                                                                 temperature=1.0)
     prompt_template: Callable[[str], str] | None = None
+    # Round 1 samples under the plain prompt (ALT: the start has never seen a feedback
+    # condition, so its first samples are unconditioned; later rounds use prompt_template).
+    plain_first_round: bool = False
     optimizer: OptimizerConfig = OptimizerConfig()
     train: TrainConfig = TrainConfig()
     start: str | None = None
     reference: str | None = None
     per_round_reference: bool = False
     reference_cache: bool = True
+    data: Any = None
+    paper_provider: str = ""
     family: str = ""
     feedback: str = ""
 

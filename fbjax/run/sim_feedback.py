@@ -15,6 +15,7 @@ from fbjax import sim
 from fbjax.data import encode, language, listwise, templates
 from fbjax.data import examples as ex
 from fbjax.data.packing import Group
+from fbjax.feedback.judge import CritiqueTemplate, RefinementTemplate, judge_sft_pairs
 from fbjax.objectives import binary
 from fbjax.train.objective import Objective
 
@@ -236,6 +237,35 @@ def refinement_sft(task, pool, tokenizer, rng):
     records = sim.feedback.refinements(task, pool.flat_prompts, pool.flat_texts)
     pairs = language.select_refinements(records, [[r.refinement] for r in records])
     return language.ilf_groups(pairs, tokenizer)
+
+
+# The local judge of ILF on the simulator: it writes the feedback, then the refinement, in the
+# context ILF refines from (``language.ilf_refinement_prompt``).
+ILF_CRITIQUE = CritiqueTemplate(text="{prompt}{response}\nFeedback:")
+ILF_REFINEMENT = RefinementTemplate(
+    text="{prompt}{response}\nFeedback: {feedback}\nRefinement: {prompt}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IlfJudgeData:
+    """Training data for a judge that stands in for ILF's feedback writers and refiner: the
+    oracle's critique of ``num_examples`` noisy-demonstrator answers (right with probability
+    ``quality``, else the task's systematic mistakes), and its refinement given that critique,
+    rendered by the templates the judge is later prompted with (``feedback.judge_sft_pairs``).
+    Drawn from the demonstrator, not the policy, so the judge is trained before and apart from
+    the policy it judges."""
+
+    num_examples: int = 6000
+    quality: float = 0.5
+
+    def load_in(self, ctx) -> list[Group]:
+        answers = sim.sft_corpus(ctx.task, ctx.rng, self.num_examples, quality=self.quality)
+        records = sim.feedback.refinements(ctx.task, [p for p, _ in answers],
+                                           [a for _, a in answers])
+        critiques = [dataclasses.replace(r, kind="critique", refinement=None) for r in records]
+        pairs = (judge_sft_pairs(ILF_CRITIQUE, critiques)
+                 + judge_sft_pairs(ILF_REFINEMENT, records))
+        return encode.sft(pairs, ctx.tokenizer)
 
 
 def leti_sequences(task, pool, tokenizer, rng):

@@ -123,6 +123,11 @@ def prepare(config: ExperimentConfig, *, workdir: str, progress: bool = True) ->
     from fbjax.tokenizers import check_vocab, save_tokenizer
 
     workdir = os.path.abspath(workdir)  # Orbax rejects relative paths
+    for stage in config.stages:
+        if isinstance(stage, OnlineStage):
+            # A paper's feedback source with no stand-in given fails here, in seconds.
+            online.check_provider(stage.provider, f"stages.{stage.name}.provider")
+            online.check_provider(stage.prompts, f"stages.{stage.name}.prompts")
     start = startlib.locate(config)
     model = startlib.resolve_model(config, start)
     tokenizer = _tokenizer(config, start)
@@ -318,6 +323,9 @@ def online_stage(ctx: Run, stage: OnlineStage) -> Trained:
         model, params = ctx.model, ctx.start_params()
     reference = ctx.outputs[stage.reference].params if stage.reference else params
     stage_dir = ctx.stage_dir(stage.name)
+    # Bound before round 1: a stand-in that was not given fails here, before any sampling.
+    provider = online.bind_provider(stage.provider, f"stages.{stage.name}.provider",
+                                    ctx.outputs, ctx.tokenizer)
     rounds, history, examples, seconds = [], [], 0, 0.0
     for r in range(1, stage.rounds + 1):
         round_dir = os.path.join(stage_dir, f"round_{r}")
@@ -327,8 +335,9 @@ def online_stage(ctx: Run, stage: OnlineStage) -> Trained:
         if os.path.exists(responses_path):
             prompts, responses, metadata = online.load_responses(responses_path)
         else:
-            prompts, metadata = stage.prompts.prompts(ctx.config.task, ctx.config.seed, r)
-            shown = [stage.prompt_template(p) if stage.prompt_template else p for p in prompts]
+            prompts, metadata = stage.prompts.prompts(ctx.config.task, ctx.config.seed, r,
+                                                      stage.data)
+            shown = online.shown_prompts(stage, prompts, r)
             flat = [p for p in shown for _ in range(stage.samples_per_prompt)]
             out = evaluation.sample(params, model, ctx.tokenizer, flat,
                                     sampling_config=ctx.stop_sampling(stage.sampling),
@@ -343,7 +352,7 @@ def online_stage(ctx: Run, stage: OnlineStage) -> Trained:
         else:
             from fbjax.feedback.provider import Responses
 
-            feedback = stage.provider(Responses.of(prompts, responses, metadata))
+            feedback = provider(Responses.of(prompts, responses, metadata))
             if jax.process_index() == 0:
                 online.save_feedback(feedback_path, feedback)
         stats = {k: float(v) for k, v in feedback.stats.items()}
