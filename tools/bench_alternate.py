@@ -53,3 +53,48 @@ def ratio_stats(fast: list[float], slow: list[float]) -> dict:
 
 def format_ratio(stats: dict) -> str:
     return f"{stats['median']:.2f}x (range {stats['min']:.2f} to {stats['max']:.2f})"
+
+
+def report(result: dict, *, peer: str, reps: int, out: str | None, ref_width: int = 10) -> None:
+    """Prints a comparison's losses, per-step table and ratios from ``result`` (the JSON both
+    benchmarks write: ``losses``, ``layouts``, ``reference``, ``computed_tokens``,
+    ``step_s_median``, ``tokens_per_s``, ``ratios``, ``load_average``), then writes it to
+    ``out``."""
+    import json
+    import os
+
+    steps = list(result["step_s_median"])
+    for name in steps:
+        print(f"DPO loss per step, {name:<20}" + " ".join(f"{x:.5f}" for x in result["losses"][name]))
+    print(f"{'':20}{'layout':>30}{'reference':>{ref_width}}{'computed':>10}{'median s':>10}"
+          f"{'real tok/s':>11}")
+    for name in steps:
+        print(f"{name:<20}{result['layouts'][name]:>30}{result['reference'][name]:>{ref_width}}"
+              f"{result['computed_tokens'][name]:>10}{result['step_s_median'][name]:>10.3f}"
+              f"{result['tokens_per_s'][name]:>11.0f}")
+    for kind, rs in result["ratios"].items():
+        for label, st in rs.items():
+            print(f"{kind:<26} {label:<36} {format_ratio(st)}")
+    load = result["load_average"]
+    during = load["per_rep_1min"]
+    print(f"(ratios: {peer}'s step time over fbjax's, per repetition; median and range over "
+          f"{reps} alternating repetitions; load average before {load['before']}, during "
+          f"{min(during, default=0):.2f} to {max(during, default=0):.2f}, after {load['after']} "
+          f"on {os.cpu_count()} CPUs)")
+    if out:
+        with open(out, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {out}")
+
+
+def add_common_args(p, default_data: str) -> None:
+    """The data, batch and model arguments both comparisons share (same defaults)."""
+    p.add_argument("--data", default=default_data)
+    p.add_argument("--pairs", type=int, default=8, help="preference pairs per batch")
+    p.add_argument("--row-len", type=int, default=1024, help="fbjax packed row length")
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--mlp", type=int, default=704)

@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -322,16 +321,8 @@ class FbjaxStep:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=report_padding.DEFAULT_DATA)
-    p.add_argument("--pairs", type=int, default=8, help="preference pairs per batch")
+    bench_alternate.add_common_args(p, report_padding.DEFAULT_DATA)
     p.add_argument("--max-len", type=int, default=512, help="token limit per sequence")
-    p.add_argument("--row-len", type=int, default=1024, help="fbjax packed row length")
-    p.add_argument("--vocab-size", type=int, default=8000)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--mlp", type=int, default=704)
     p.add_argument("--chunk", type=int, default=8192, help="fbjax log-softmax vocabulary chunk")
     p.add_argument("--reps", type=int, default=7, help="timed steps of each, alternating")
     p.add_argument("--warmup", type=int, default=2)
@@ -424,24 +415,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
     }
-    for name in steps:
-        print(f"DPO loss per step, {name:<20}" + " ".join(f"{x:.5f}" for x in losses[name]))
-    print(f"{'':20}{'layout':>30}{'reference':>29}{'computed':>10}{'median s':>10}"
-          f"{'real tok/s':>11}")
-    for name in steps:
-        print(f"{name:<20}{layouts[name]:>30}{reference[name]:>29}{computed[name]:>10}"
-              f"{medians[name]:>10.3f}{result['tokens_per_s'][name]:>11.0f}")
-    for kind, rs in ratios.items():
-        for label, st in rs.items():
-            print(f"{kind:<26} {label:<32} {bench_alternate.format_ratio(st)}")
-    print(f"(ratios: TRL's step time over fbjax's, per repetition; median and range over "
-          f"{args.reps} alternating repetitions; load average before "
-          f"{load_before}, during {min(loads, default=0):.2f} to {max(loads, default=0):.2f}, "
-          f"after {result['load_average']['after']} on {os.cpu_count()} CPUs)")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.out}")
+    bench_alternate.report(result, peer='TRL', reps=args.reps, out=args.out, ref_width=29)
     return result
 
 

@@ -215,17 +215,9 @@ class TunixStep:
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default=report_padding.DEFAULT_DATA)
-    p.add_argument("--pairs", type=int, default=8, help="preference pairs per batch")
+    bench_alternate.add_common_args(p, report_padding.DEFAULT_DATA)
     p.add_argument("--max-prompt-len", type=int, default=192, help="Tunix's prompt width")
     p.add_argument("--max-response-len", type=int, default=192, help="Tunix's response width")
-    p.add_argument("--row-len", type=int, default=1024, help="fbjax packed row length")
-    p.add_argument("--vocab-size", type=int, default=8000)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--mlp", type=int, default=704)
     p.add_argument("--rope-theta", type=float, default=1_000_000.0,
                    help="the checkpoint's RoPE base; Tunix 0.1.7's Llama applies 1e6 whatever "
                         "its ModelConfig.rope_theta says, so another value makes the models differ")
@@ -313,24 +305,7 @@ def run(args, groups) -> dict:
                      "flax": version("flax"), "optax": version("optax")},
         "cpus": os.cpu_count(),
     }
-    for name in steps:
-        print(f"DPO loss per step, {name:<20}" + " ".join(f"{x:.5f}" for x in losses[name]))
-    print(f"{'':20}{'layout':>30}{'reference':>10}{'computed':>10}{'median s':>10}"
-          f"{'real tok/s':>11}")
-    for name in steps:
-        print(f"{name:<20}{layouts[name]:>30}{reference[name]:>10}{computed[name]:>10}"
-              f"{medians[name]:>10.3f}{result['tokens_per_s'][name]:>11.0f}")
-    for kind, rs in ratios.items():
-        for label, st in rs.items():
-            print(f"{kind:<11} {label:<36} {bench_alternate.format_ratio(st)}")
-    print(f"(ratios: Tunix's step time over fbjax's, per repetition; median and range over "
-          f"{args.reps} alternating repetitions; load average before {load_before}, during "
-          f"{min(loads, default=0):.2f} to {max(loads, default=0):.2f}, after "
-          f"{result['load_average']['after']} on {os.cpu_count()} CPUs)")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.out}")
+    bench_alternate.report(result, peer='Tunix', reps=args.reps, out=args.out, ref_width=10)
     return result
 
 
