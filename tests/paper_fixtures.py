@@ -8,8 +8,9 @@ The record makers are the reader tests' (``tests.data.test_datasets``); each dat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fbjax.data import hh_rlhf, oasst1, shp, slf5k, sources
 from tests.data import test_datasets as fx

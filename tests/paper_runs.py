@@ -43,7 +43,7 @@ def _humaneval_fixture(root: Path) -> Path:
 
     problems = [{"task_id": f"HumanEval/{i}", "prompt": f"def add{i}(a, b):\n",
                  "entry_point": f"add{i}", "canonical_solution": "    return a + b\n",
-                 "test": f"def check(f):\n    assert f(1, 2) == 3\n"} for i in range(2)]
+                 "test": "def check(f):\n    assert f(1, 2) == 3\n"} for i in range(2)]
     return write_jsonl(root / "HumanEval.jsonl.gz", problems)
 
 
@@ -70,7 +70,8 @@ def arguments(module: str, root: Path) -> tuple[list[str], dict]:
     """The command-line arguments that run ``module``'s paper variant on fixtures, and what the
     run should leave behind (``stages``: the training stages whose history must reach STEPS).
 
-    Generic over the config: every training or online stage gets 2 steps of 4 rows of 96 tokens,
+    Generic over the config: every training or online stage gets 2 steps of 96-token rows (as
+    many as hold whole groups in the paper's layout, at least 2),
     an online stage 1 round of 2 samples of 8 tokens per prompt and 2 prompts, and every source
     of a released dataset the fixture directory."""
     from fbjax.run import experiment
@@ -139,7 +140,7 @@ def run(module: str, root: Path) -> dict:
             result["rc"] = cli.main(args)
         except SystemExit as e:  # argparse
             result["rc"] = e.code
-        except BaseException:  # what a user would see as a traceback
+        except BaseException:  # noqa: BLE001 (what a user would see as a traceback)
             traceback.print_exc()
             result["rc"] = "raised"
             expect = None
