@@ -152,3 +152,13 @@ def test_a_padded_batch_smaller_than_a_group_names_train_batch():
                           ref_token_logps=None, fields={})
     with pytest.raises(ValueError, match=r"train.batch to be a multiple of 3 .* \(got 4 rows\)"):
         inputs.listwise(3)(stats)
+
+
+def test_a_stage_whose_data_gives_no_examples_says_so():
+    import types
+
+    from fbjax.run import stages
+
+    stage = types.SimpleNamespace(name="train")
+    with pytest.raises(ValueError, match=r"^stages\.train: its data gave no training examples"):
+        stages._fit(None, stage, stage, "unused", None, None, [], None)
