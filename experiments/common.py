@@ -27,7 +27,7 @@ from fbjax import sampling
 from fbjax import sharding as fsh
 from fbjax import sim as simlib
 from fbjax.data import examples as ex
-from fbjax.data import language
+from fbjax.data import language, sources
 from fbjax.data.listwise import paired_as_ranked
 from fbjax.models import config as mc
 from fbjax.run import sim
@@ -68,12 +68,15 @@ class OnlineEncoder:
 
     stage: str
 
+    @property
+    def unavailable(self) -> str:
+        """Why this data cannot be built (``sources.Dataset.check_available`` raises it)."""
+        return (f"this run needs an online stage ({self.stage}), which fbjax's paper variants "
+                "do not have yet: it trains on fixed data only")
+
     def __call__(self, data, tokenizer, *, prompt_text):
         del data, tokenizer, prompt_text
-        raise NotImplementedError(
-            f"this run needs an online stage ({self.stage}), which fbjax's paper variants do "
-            "not have yet: it trains on fixed data only"
-        )
+        raise sources.UnavailableError(self.unavailable)
 
 
 def judge(template: Any, stands_in_for: str, *, max_new_tokens: int = 256,

@@ -114,6 +114,12 @@ class BatchStream:
             batch, used = packing.padded(
                 groups, seq_len=spec.seq_len, num_rows=num_rows, fields=spec.fields
             )
+        if used == 0 and not spec.packing:
+            raise ValueError(
+                f"an example group of {len(groups[0].completions)} completions needs that many "
+                f"rows in the padded layout (one sequence per row), but a batch has "
+                f"{num_rows}: raise train.batch"
+            )
         if used == 0:
             raise ValueError(
                 f"example group of {groups[0].length(spec.share_prefix)} tokens does not fit a "

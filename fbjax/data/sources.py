@@ -232,6 +232,12 @@ class SLF5K(_Released):
         return self.view
 
 
+class UnavailableError(NotImplementedError):
+    """A run needs data fbjax cannot provide yet: a dataset with no reader
+    (:class:`Unavailable`), or samples from the policy that only an online stage could give (an
+    encoder with an ``unavailable`` reason). The command line reports it in one line."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Unavailable:
     """A dataset the paper used that fbjax has no reader for yet.
@@ -249,8 +255,8 @@ class Unavailable:
             raise ValueError("Unavailable needs the dataset's name and the reason it is missing")
 
     def examples(self) -> list[ex.Example]:
-        raise NotImplementedError(f"dataset {self.name!r} ({self.split}) has no fbjax reader: "
-                                  f"{self.reason}")
+        raise UnavailableError(f"dataset {self.name!r} ({self.split}) has no fbjax reader: "
+                               f"{self.reason}")
 
 
 # ----------------------------------------------------------------------------- views
@@ -433,6 +439,17 @@ class Dataset:
                 raise ValueError("data.subsets: this dataset reads no HH-RLHF source, the only "
                                  "one with subsets")
         return _configure(self.source, self)
+
+    def check_available(self) -> None:
+        """Raises :class:`UnavailableError` if this data cannot be built at all (a source with no
+        reader, or an encoder standing for samples an online stage would draw), before anything
+        is loaded."""
+        for leaf in leaves(self.resolved_source()):
+            if isinstance(leaf, Unavailable):
+                leaf.examples()
+        reason = getattr(self.encoder, "unavailable", None)
+        if reason:
+            raise UnavailableError(reason)
 
     def check_files(self) -> None:
         """Raises one :class:`~fbjax.data.reading.MissingFilesError` naming every original file

@@ -115,6 +115,21 @@ def _tokenizer(config: ExperimentConfig, start: startlib.Start):
                      "source with a tokenizer, or init_from a checkpoint that has one")
 
 
+def _check_data(config: ExperimentConfig) -> None:
+    """Every stage's released data can be built and its files exist, before any is read: a
+    dataset fbjax has no reader for, or a missing file, fails in seconds, naming the stage."""
+    from fbjax.data.sources import Dataset, UnavailableError
+
+    for stage in config.stages:
+        data = getattr(stage, "data", None)
+        if isinstance(data, Dataset):
+            try:
+                data.check_available()
+            except UnavailableError as e:
+                raise UnavailableError(f"stages.{stage.name}.data: {e}") from None
+            data.check_files()
+
+
 def prepare(config: ExperimentConfig, *, workdir: str, progress: bool = True) -> Run:
     """Resolves the start, mesh, model and tokenizer, and records the config in the workdir.
 
@@ -130,6 +145,7 @@ def prepare(config: ExperimentConfig, *, workdir: str, progress: bool = True) ->
             online.check_provider(stage.prompts, f"stages.{stage.name}.prompts")
     start = startlib.locate(config)
     model = startlib.resolve_model(config, start)
+    _check_data(config)
     tokenizer = _tokenizer(config, start)
     if getattr(config.tokenizer, "resize_model", False):
         model = dataclasses.replace(model, vocab_size=tokenizer.vocab_size)
@@ -256,6 +272,9 @@ def _fit(ctx: Run, stage, resolved, stage_dir: str, model, params, groups,
          reference) -> Trained:
     """Trains ``resolved.objective`` on ``groups`` from ``params``, checkpointed and logged in
     ``stage_dir``: the part every training stage (offline, or one online round) shares."""
+    if not groups:
+        raise ValueError(f"stages.{stage.name}: its data gave no training examples (every "
+                         "record was filtered or left out by the encoder)")
     lora = _lora_for(ctx.config, stage)
     config = ctx.config
     objective = resolved.objective

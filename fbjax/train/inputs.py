@@ -213,7 +213,12 @@ def listwise(group_size: int):
     def listwise_inputs(stats: SequenceStats) -> tuple[dict[str, Array], Array]:
         rows = stats.token_mask.shape[0]
         slots = stats.valid.shape[0] // rows
-        if (slots % group_size) if slots > 1 else (rows % group_size):
+        if slots == 1 and rows % group_size:
+            raise ValueError(
+                f"groups of {group_size} completions need train.batch to be a multiple of "
+                f"{group_size} in the padded layout, one sequence per row (got {rows} rows)"
+            )
+        if slots > 1 and slots % group_size:
             raise ValueError(
                 f"groups of {group_size} completions need train.slots_per_row to be a multiple "
                 f"of {group_size} (got {slots} slots per row)"
