@@ -66,14 +66,40 @@ def _manual_dirs(obj, path: str, found: list[tuple[str, list[type]]]) -> None:
         _manual_dirs(getattr(obj, name), f"{path}.{name}", found)
 
 
+# What a paper's online stage needs given where the paper's own source has a local stand-in:
+# a judge checkpoint (the run's tiny checkpoint stands in), C3PO's verbal feedback, SAMI's
+# constitutions. Filled only where the config leaves them empty.
+FEEDBACK = "Be more concise when answering questions about science."
+CONSTITUTIONS = ("Answers are helpful and honest.", "Answers are harmless and polite.")
+
+
+def _required_inputs(obj, path: str, ckpt: Path | None) -> list[str]:
+    """``--set`` arguments for the empty inputs of ``obj`` (a stage's provider or prompts)."""
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return []
+    names = {f.name for f in dataclasses.fields(obj)}
+    if type(obj).__name__ == "JudgeCheckpoint":
+        return (_set(f"{path}.checkpoint", ckpt)
+                if ckpt is not None and not obj.checkpoint and not obj.stage else [])
+    args = []
+    if "feedback" in names and getattr(obj, "feedback") == "":
+        args += _set(f"{path}.feedback", repr(FEEDBACK))
+    if "constitutions" in names and not getattr(obj, "constitutions"):
+        args += _set(f"{path}.constitutions", repr(CONSTITUTIONS))
+    for name in names:
+        args += _required_inputs(getattr(obj, name), f"{path}.{name}", ckpt)
+    return args
+
+
 def arguments(module: str, root: Path) -> tuple[list[str], dict]:
     """The command-line arguments that run ``module``'s paper variant on fixtures, and what the
     run should leave behind (``stages``: the training stages whose history must reach STEPS).
 
     Generic over the config: every training or online stage gets 2 steps of 96-token rows (as
     many as hold whole groups in the paper's layout, at least 2),
-    an online stage 1 round of 2 samples of 8 tokens per prompt and 2 prompts, and every source
-    of a released dataset the fixture directory."""
+    an online stage 1 round of 2 samples of 8 tokens per prompt and 2 prompts (and the tiny
+    checkpoint as its judge, :func:`_required_inputs`), and every source of a released dataset
+    the fixture directory."""
     from fbjax.run import experiment
     from fbjax.run.config import OnlineStage, TrainStage
 
@@ -84,6 +110,7 @@ def arguments(module: str, root: Path) -> tuple[list[str], dict]:
     args = ["train", "--experiment", f"{module}:paper", "--workdir", str(workdir),
             "--no-progress", *_set("mesh.shape", "1,-1,1")]
     family = pf.family_of(config.init_from)
+    ckpt = None
     if family is not None:
         ckpt = root / "ckpt" / family
         if not ckpt.exists():
@@ -101,11 +128,14 @@ def arguments(module: str, root: Path) -> tuple[list[str], dict]:
         # Rows that hold whole groups in the paper's layout (its batch is groups x completions).
         args += _set(f"{prefix}.train.batch", max(2, math.gcd(stage.train.batch, 12)))
         if isinstance(stage, OnlineStage):
-            args += _set(f"{prefix}.rounds", 1) + _set(f"{prefix}.samples_per_prompt", 2)
+            samples = min(stage.samples_per_prompt, 2)  # SAMI's one per constitution stays 1
+            args += _set(f"{prefix}.rounds", 1) + _set(f"{prefix}.samples_per_prompt", samples)
             args += _set(f"{prefix}.sampling.max_new_tokens", 8)
             for field in PROMPT_COUNTS:
                 if hasattr(stage.prompts, field):
                     args += _set(f"{prefix}.prompts.{field}", 2)
+            args += _required_inputs(stage.provider, f"{prefix}.provider", ckpt)
+            args += _required_inputs(stage.prompts, f"{prefix}.prompts", ckpt)
             if type(stage.prompts).__name__ == "HumanEvalPrompts":
                 args += _set(f"{prefix}.prompts.path", _humaneval_fixture(root / name))
         found: list[tuple[str, list[type]]] = []

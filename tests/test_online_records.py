@@ -177,6 +177,14 @@ def test_sami_groups_need_every_constitution_of_a_query():
     assert text == ["c1\nq1a", "c1\nq1b", "c2\nq1a", "c2\nq1b"]
 
 
+def test_sami_refuses_several_samples_under_one_constitution():
+    rec = lambda q, y, c: ex.FeedbackExample(ex.user_prompt(q), y, c, kind="principle")  # noqa
+    # Two samples under c1 and one under c2: the contrastive matrix would be ragged.
+    records = [rec("q1", "a", "c1"), rec("q1", "b", "c1"), rec("q1", "d", "c2")]
+    with pytest.raises(ValueError, match=r"has 3 for 2 constitutions: set samples_per_prompt=1"):
+        online_records.sami_online_groups(records, Tok())
+
+
 def test_nft_groups_carry_labels_and_accuracy_and_drop_uniform_groups():
     rec = lambda p, y, ok: ex.BinaryExample(ex.user_prompt(p), y, ok)  # noqa: E731
     records = [rec("p", "1", True), rec("p", "2", False), rec("p", "3", False),

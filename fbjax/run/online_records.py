@@ -138,6 +138,11 @@ def sami_online_groups(records: Sequence[ex.FeedbackExample], tokenizer) -> list
     for r in records:
         by_query.setdefault(language.prompt_text(r.prompt), []).append(r)
     n = max((len({r.feedback for r in rs}) for rs in by_query.values()), default=0)
+    extra = [q for q, rs in by_query.items() if len(rs) > n]
+    if extra:  # several samples under one constitution: the matrix is one response each
+        raise ValueError(f"SAMI takes one response per (query, constitution); {extra[0]!r} has "
+                         f"{len(by_query[extra[0]])} for {n} constitutions: set "
+                         "samples_per_prompt=1")
     data = [(q, tuple(r.feedback for r in rs), tuple(r.completion for r in rs))
             for q, rs in by_query.items() if len(rs) == n]
     return language.sami_groups(data, tokenizer)
