@@ -53,7 +53,12 @@ def chunked_logsumexp(hidden_BxLxD: Array, w_DxV: Array, *, chunk_size: int = CH
     w = jnp.pad(w_DxV, ((0, 0), (0, pad))).reshape(d, num_chunks, chunk)
     w = jnp.moveaxis(w, 1, 0)  # [C, D, chunk]
     valid = (jnp.arange(num_chunks * chunk) < vocab).reshape(num_chunks, chunk)
-    hidden = hidden_BxLxD
+    # One leading dim: with several, the weight gradient contracts over all of them and XLA's
+    # CPU compiler takes a path three times slower for this function's backward pass
+    # (measured with jax 0.10.2, [16, 280, 256] hidden states, 8,000 words); on accelerators the
+    # reshape is a free bitcast.
+    lead = hidden_BxLxD.shape[:-1]
+    hidden = hidden_BxLxD.reshape(-1, d)
 
     # Recomputed in the backward pass instead of saving every chunk's logits.
     @jax.checkpoint
@@ -73,7 +78,7 @@ def chunked_logsumexp(hidden_BxLxD: Array, w_DxV: Array, *, chunk_size: int = CH
 
     init = (jnp.full(hidden.shape[:-1], -jnp.inf), jnp.zeros(hidden.shape[:-1]))
     (run_max, run_sum), _ = jax.lax.scan(step, init, (w, valid))
-    return run_max + jnp.log(run_sum)
+    return (run_max + jnp.log(run_sum)).reshape(lead)
 
 
 def _logps_at(hidden_BxLxD, w_DxV, tokens_BxL, predictor_BxL, index_BxM, *, chunk_size,
@@ -193,11 +198,13 @@ def token_kl_and_entropy(
     over vocabulary chunks, so memory stays ``[B, L, chunk]``. Gradients flow through the policy
     terms; pass a stop-gradient reference.
     """
-    hidden = hidden_BxLxD.astype(jnp.float32)
-    ref_hidden = ref_hidden_BxLxD.astype(jnp.float32)
+    d, vocab = w_DxV.shape
+    lead = hidden_BxLxD.shape[:-1]
+    # [B * L, D]: see chunked_logsumexp for why one leading dim.
+    hidden = hidden_BxLxD.astype(jnp.float32).reshape(-1, d)
+    ref_hidden = ref_hidden_BxLxD.astype(jnp.float32).reshape(-1, d)
     lse = chunked_logsumexp(hidden, w_DxV, chunk_size=chunk_size)
     ref_lse = chunked_logsumexp(ref_hidden, ref_w_DxV, chunk_size=chunk_size)
-    d, vocab = w_DxV.shape
     num_chunks = -(-vocab // chunk_size)
     size = min(chunk_size, vocab)
     pad = num_chunks * size - vocab
@@ -225,7 +232,7 @@ def token_kl_and_entropy(
     (cross, expected_z), _ = jax.lax.scan(
         step, (zeros, zeros), (chunks(w_DxV), chunks(ref_w_DxV), valid)
     )
-    kl = cross - ref_lse + lse
-    entropy = lse - expected_z
+    kl = (cross - ref_lse + lse).reshape(lead)
+    entropy = (lse - expected_z).reshape(lead)
     pred = jnp.clip(predictor_BxL, 0, predictor_BxL.shape[1] - 1)
     return jnp.take_along_axis(kl, pred, axis=1), jnp.take_along_axis(entropy, pred, axis=1)
