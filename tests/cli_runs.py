@@ -17,14 +17,14 @@ FBJAX = [sys.executable, "-m", "fbjax.cli"]
 
 
 # XLA's CPU compiler without its expensive LLVM passes: a third less compile time, which is
-# most of a few-step run of a tiny model (numerics are not what such runs check).
+# most of a few-step run of a tiny model. The test session uses it too (conftest.py).
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
-def env(cache: Path | None = None, *, fast_compile: bool = False) -> dict[str, str]:
+def env(cache: Path | None = None, *, fast_compile: bool = True) -> dict[str, str]:
     out = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
     out["JAX_PLATFORMS"] = "cpu"
-    if fast_compile:
+    if fast_compile and not os.environ.get("FBJAX_TEST_FULL_XLA_OPT"):
         out["XLA_FLAGS"] = FAST_COMPILE
     if cache is not None:
         out["JAX_COMPILATION_CACHE_DIR"] = str(cache)

@@ -33,6 +33,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from tests import cli_runs
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = os.path.join(REPO, "experiments", "sft_sim.py") + ":tiny"
 DEVICES = 4  # global devices in every run
@@ -54,7 +56,8 @@ def _env(local_devices: int, cache_dir: str, port: int | None = None) -> dict[st
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_", "FBJAX_"))}
     env.update(
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices}",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices} "
+                  + ("" if os.environ.get("FBJAX_TEST_FULL_XLA_OPT") else cli_runs.FAST_COMPILE),
         PYTHONUNBUFFERED="1",
         FBJAX_HEARTBEAT_TIMEOUT=str(HEARTBEAT),
     )

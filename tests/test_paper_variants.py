@@ -93,7 +93,7 @@ def test_every_paper_variant_trains_or_names_what_is_missing(chunk, tmp_path):
     results_file = tmp_path / "results.json"
     args = [*cli_runs.FBJAX[:2], "tests.paper_runs", str(tmp_path), str(results_file),
             *(f"experiments/{n}.py" for n in names)]
-    proc = subprocess.run(args, check=False, cwd=cli_runs.REPO, env=cli_runs.env(fast_compile=True),
+    proc = subprocess.run(args, check=False, cwd=cli_runs.REPO, env=cli_runs.env(),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(results_file.read_text())
