@@ -80,9 +80,13 @@ def test_from_json_prints_the_markdown_table(tmp_path):
         assert pc.main(["--from-json", str(path)]) == 0
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("| claim |") and "holds" in lines[0]
-    assert lines[2] == ("| A beats B (Someone 2024) | reward | A: +0.700 +- 0.100 | "
-                        "B: +0.500 +- 0.000 | yes | ahead on 3/3 seeds |")
+    assert lines[2] == ("| A beats B (Someone 2024) | reward | A: 0.700 +- 0.100 | "
+                        "B: 0.500 +- 0.000 | yes | ahead on 3/3 seeds |")
     assert "| **no** |" in lines[3]
+    # A "|" inside a cell (a control token) is escaped so the row keeps its columns.
+    row = {**row, "treatment_name": "<|good|>", "metric": "reward change"}
+    (line,) = [x for x in pc.markdown([row]).splitlines() if "good" in x]
+    assert "<\\|good\\|>: +0.700" in line and line.count(" | ") == 5
 
 
 @pytest.mark.parametrize("smoke", [False, True])

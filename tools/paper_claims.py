@@ -514,26 +514,35 @@ def rows_for(claims: Sequence[Claim], by_seed: Mapping[int, Mapping[str, Mapping
     return out
 
 
-def _cell(xs: Sequence[float]) -> str:
-    return f"{_mean(xs):+.3f} +- {_sd(xs):.3f}" if len(xs) > 1 else f"{xs[0]:+.3f}"
+def _cell(xs: Sequence[float], *, signed: bool) -> str:
+    fmt = "{:+.3f}" if signed else "{:.3f}"
+    spread = f" +- {_sd(xs):.3f}" if len(xs) > 1 else ""
+    return fmt.format(_mean(xs)) + spread
+
+
+def _md(text: str) -> str:
+    """A table cell: ``|`` (as in ``<|good|>``) would end the cell."""
+    return text.replace("|", "\\|")
 
 
 def markdown(rows: Sequence[Mapping], *, short: bool = False) -> str:
-    """The rows as a markdown table; ``short`` leaves out the metric and the note."""
+    """The rows as a markdown table; ``short`` leaves out the paper, metric and note."""
     if short:
         lines = ["| claim | treatment | control | holds |", "|---|---|---|---|"]
     else:
         lines = ["| claim | metric | treatment mean +- sd | control mean +- sd | holds | note |",
                  "|---|---|---|---|---|---|"]
     for r in rows:
-        t = f"{r['treatment_name']}: {_cell(r['treatment'])}"
-        c = f"{r['control_name']}: {_cell(r['control'])}"
+        signed = "change" in r["metric"]  # a change is signed, a reward is not
+        t = f"{r['treatment_name']}: {_cell(r['treatment'], signed=signed)}"
+        c = f"{r['control_name']}: {_cell(r['control'], signed=signed)}"
         yes = "yes" if r["holds"] else "**no**"
-        claim = f"{r['claim']} ({r['paper']})"
         if short:
-            lines.append(f"| {r['claim']} | {t} | {c} | {yes} |")
+            cells = [r["claim"], t, c]
         else:
-            lines.append(f"| {claim} | {r['metric']} | {t} | {c} | {yes} | {r['note']} |")
+            cells = [f"{r['claim']} ({r['paper']})", r["metric"], t, c]
+        lines.append("| " + " | ".join(map(_md, cells)) + f" | {yes} |"
+                     + ("" if short else f" {_md(r['note'])} |"))
     seeds = sorted({s for r in rows for s in r.get("seeds", [])})
     return "\n".join(lines) + (f"\n\nSeeds {', '.join(map(str, seeds))}; +- is the sd across "
                                "seeds (ddof=1)." if seeds else "")
