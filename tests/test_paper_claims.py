@@ -144,7 +144,7 @@ def test_imbalanced_thumbs_keep_a_tenth_of_the_desirable_and_balance_the_weights
     from fbjax.train import presets
 
     task, pool = _pool()
-    data = pc.ImbalancedThumbs(0.1).examples(task, pool, np.random.default_rng(0))
+    data = pc.ThumbsFromPairs(0.1).examples(task, pool, np.random.default_rng(0))
     pairs = pc.SharedPairs().examples(task, pool)
     up = sum(e.label for e in data)
     assert up == round(0.1 * len(pairs)) and len(data) - up == len(pairs)

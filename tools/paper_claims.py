@@ -98,13 +98,13 @@ class SharedPairs:
 
 
 @dataclasses.dataclass(frozen=True)
-class ImbalancedThumbs:
-    """The KTO paper's imbalance experiment (Ethayarajh et al. 2024, Sec. 4.3): its pairs split
-    into thumbs (chosen desirable, rejected undesirable; ``conversions.pairs_to_binary``) and
-    ``1 - keep_desirable`` of the desirable examples dropped, here from the same pairs the DPO
-    control trains on (:class:`SharedPairs`). The class weights come from the stage's
-    ``adapt`` (``sim_feedback.kto_balance``: ``lambda_D n_D / (lambda_U n_U) = 1``, inside the
-    paper's advised [1, 4/3])."""
+class ThumbsFromPairs:
+    """The KTO paper's data-imbalance experiment (Ethayarajh et al. 2024, arXiv:2402.01306):
+    its pairs split into thumbs (chosen desirable, rejected undesirable;
+    ``conversions.pairs_to_binary``) and ``1 - keep_desirable`` of the desirable examples
+    dropped, here from the same pairs the DPO control trains on (:class:`SharedPairs`). The
+    class weights come from the stage's ``adapt`` (``sim_feedback.kto_balance``:
+    ``lambda_D n_D / (lambda_U n_U) = 1``, inside the paper's advised [1, 4/3])."""
 
     keep_desirable: float = 0.1
 
@@ -288,7 +288,8 @@ STAGES: tuple[TrainStage, ...] = (
     *(flipped(dpo.STAGE, "dpo", r, told=False) for r in (0.2, 0.4)),
     *(flipped(rdpo.STAGE, "rdpo", r, told=True) for r in (0.2, 0.4)),
     *(flipped(cdpo.STAGE, "cdpo", r, told=True) for r in (0.2, 0.4)),
-    _stage(kto.STAGE, "claim_kto_imbalanced", build=ImbalancedThumbs(keep_desirable=0.1)),
+    _stage(kto.STAGE, "claim_kto_imbalanced", build=ThumbsFromPairs(keep_desirable=0.1)),
+    _stage(kto.STAGE, "claim_kto_balanced", build=ThumbsFromPairs(keep_desirable=1.0)),
     _stage(coh.STAGE, "claim_coh",
            evaluate=PromptContrast(HindsightPhrase(templates.COH_POSITIVE[0]),
                                    HindsightPhrase(templates.COH_NEGATIVE[0]))),
@@ -446,6 +447,14 @@ CLAIMS: tuple[Claim, ...] = (
         treatment_name="KTO, 1:10, lambda_D n_D / (lambda_U n_U) = 1",
         control_name="DPO on all pairs",
         treatment=Measure("claim_kto_imbalanced"), control=Measure("claim_dpo"),
+        rule="matches_or_beats",
+    ),
+    Claim(
+        key="kto_imbalance_vs_balanced",
+        claim="KTO with 90% of desirable examples dropped (1:10) matches KTO on all of them (1:1)",
+        paper="Ethayarajh et al. 2024, arXiv:2402.01306", metric=REWARD,
+        treatment_name="KTO, 1:10", control_name="KTO, 1:1 (the same pairs as thumbs)",
+        treatment=Measure("claim_kto_imbalanced"), control=Measure("claim_kto_balanced"),
         rule="matches_or_beats",
     ),
     Claim(
