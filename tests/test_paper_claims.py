@@ -104,6 +104,16 @@ def test_every_claims_stages_build_in_one_experiment(smoke):
     assert "0x" not in dumps(config)
 
 
+def test_diagnostics_add_longer_copies_of_the_claims_stages():
+    config = pc.experiment(seed=0, diagnostics=True)
+    stages = {s.name: s for s in config.stages}
+    assert len(stages) == len(config.stages) == len(pc.STAGES) + len(pc.DIAGNOSTICS) + 3
+    assert stages["diag_leti_x4_steps"].train.steps == 4 * stages["claim_leti"].train.steps
+    longer = stages["diag_rdpo_flip40_x8_steps"]
+    assert longer.train.steps == 8 * stages["claim_rdpo_flip40"].train.steps
+    assert longer.data == stages["claim_rdpo_flip40"].data  # the same labels
+
+
 def test_stages_keep_the_modules_settings_but_what_the_claim_changes():
     from experiments import cut_xu2023, rdpo_chowdhury2024
 

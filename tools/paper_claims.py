@@ -2,7 +2,7 @@
 control trained from the same SFT start on feedback from the same sample pool, one number per
 seed for each, and a rule, written here per claim, that says whether the claim holds.
 
-    python tools/paper_claims.py --seeds 0 1 2 --markdown      # ~15 min per seed on 2 cores
+    python tools/paper_claims.py --seeds 0 1 2 --markdown      # ~13 min per seed on 2 cores
     python tools/paper_claims.py --from-json docs/results/paper_claims.json
     python tools/paper_claims.py --smoke                        # every stage, shrunk: minutes
 
