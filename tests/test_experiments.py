@@ -392,3 +392,20 @@ def test_hh_rlhf_source_reads_and_encodes(tmp_path):
     assert render(examples[0].prompt) == "\n\nHuman: 2+3=\n\nAssistant:"
     render = dataclasses.replace(data, template=sources.Chat(common.ZEPHYR)).prompt_text()
     assert render(examples[0].prompt) == "<|user|>\n2+3=</s>\n<|assistant|>\n"
+
+
+def test_recorded_configs_hold_no_memory_addresses():
+    """The config a checkpoint records is compared on resume, in another process: a
+    ``functools.partial`` data builder (rDPO's, cDPO's) must be written by name and arguments,
+    not by its repr, which holds an address."""
+    import functools
+
+    from fbjax.run.sim_feedback import preference_pairs
+
+    view = overrides.to_jsonable(functools.partial(preference_pairs, flip_rate=0.2))
+    assert view == {"partial": "fbjax.run.sim_feedback.preference_pairs", "args": [],
+                    "keywords": {"flip_rate": 0.2}}
+    for name in MODULE_NAMES:
+        for variant in ("sim", "paper"):
+            text = overrides.dumps(MODULES[name].get_config(variant))
+            assert not re.search(r" at 0x[0-9a-f]+", text), (name, variant)

@@ -16,6 +16,7 @@ import ast
 import dataclasses
 import difflib
 import enum
+import functools
 import inspect
 import json
 import math
@@ -266,6 +267,11 @@ def to_jsonable(obj: Any) -> Any:
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
+    if isinstance(obj, functools.partial):
+        # Its repr holds the function's memory address, which differs in every process: a
+        # resumed run would see a changed config.
+        return {"partial": to_jsonable(obj.func), "args": to_jsonable(list(obj.args)),
+                "keywords": to_jsonable(dict(obj.keywords))}
     if callable(obj):
         return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
     if isinstance(obj, float) and not math.isfinite(obj):
