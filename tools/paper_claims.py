@@ -83,12 +83,7 @@ class SharedPairs:
     flip_rate: float = 0.0
 
     def examples(self, task, pool: sim.SamplePool) -> list[ex.PairedExample]:
-        prompts, a, b = [], [], []
-        for p, texts in zip(pool.prompts, pool.texts):
-            for j in range(0, len(texts) - 1, 2):
-                prompts.append(p)
-                a.append(texts[j])
-                b.append(texts[j + 1])
+        prompts, a, b = sim_feedback.disjoint_pairs(pool)
         return simlib.feedback.preferences(task, prompts, a, b, pool_rng(pool), temperature=0.05,
                                            flip_rate=self.flip_rate)
 

@@ -91,16 +91,22 @@ def _pool_rows(pool):
     return zip(pool.prompts, pool.texts, np.asarray(pool.rewards))
 
 
-def preference_pairs(task, pool, tokenizer, rng, *, flip_rate: float = 0.0,
-                     temperature: float = 0.05):
-    """Bradley-Terry preferences between disjoint sample pairs (0, 1), (2, 3), ... of each
-    prompt; ``flip_rate`` flips labels at random (the noise cDPO / rDPO are built for)."""
+def disjoint_pairs(pool) -> tuple[list[str], list[str], list[str]]:
+    """Each prompt's samples paired (0, 1), (2, 3), ...: ``(prompts, first, second)``."""
     prompts, a, b = [], [], []
     for p, texts in zip(pool.prompts, pool.texts):
         for j in range(0, len(texts) - 1, 2):
             prompts.append(p)
             a.append(texts[j])
             b.append(texts[j + 1])
+    return prompts, a, b
+
+
+def preference_pairs(task, pool, tokenizer, rng, *, flip_rate: float = 0.0,
+                     temperature: float = 0.05):
+    """Bradley-Terry preferences between disjoint sample pairs (0, 1), (2, 3), ... of each
+    prompt; ``flip_rate`` flips labels at random (the noise cDPO / rDPO are built for)."""
+    prompts, a, b = disjoint_pairs(pool)
     pairs = sim.feedback.preferences(task, prompts, a, b, rng, temperature=temperature,
                                      flip_rate=flip_rate)
     return encode.paired(pairs, tokenizer)
