@@ -26,7 +26,7 @@ from fbjax import sharding as fsh
 from fbjax.data import encode, sources
 from fbjax.data import examples as ex
 from fbjax.models.config import Family, ModelConfig
-from fbjax.run import overrides, sim, stages
+from fbjax.run import overrides, sim, sim_feedback, stages
 from fbjax.run.config import EvalStage, ExperimentConfig, OnlineStage, SampleStage, TrainStage
 from fbjax.train import catalog
 from fbjax.train.objective import Objective
@@ -282,7 +282,12 @@ def test_pmpo_sim_objective_uses_per_class_means(sim_tok):
 
 
 def test_unlikelihood_sim_data_penalises_only_wrong_digits(sim_tok):
-    groups = _build("unlikelihood_welleck2019", sim_tok, None)
+    built = _build("unlikelihood_welleck2019", sim_tok, np.random.default_rng(0))
+    groups = [g for g in built if g.slot_fields["likelihood"][0] == 0.0]
+    corpus = [g for g in built if g.slot_fields["likelihood"][0] == 1.0]
+    # The likelihood half: as many whole demonstrations, every token trained.
+    assert len(corpus) == len(groups) and len(built) == 2 * len(groups)
+    assert all(g.masks is None or all(np.all(m > 0) for m in g.masks) for g in corpus)
     penalised = sorted(
         (sim_tok.decode(g.prompt[1:].tolist()), sim_tok.decode(g.completions[0][:-1].tolist()),
          sim_tok.decode([int(t) for t, w in zip(g.completions[0], g.masks[0]) if w > 0]))
@@ -409,3 +414,32 @@ def test_recorded_configs_hold_no_memory_addresses():
         for variant in ("sim", "paper"):
             text = overrides.dumps(MODULES[name].get_config(variant))
             assert not re.search(r" at 0x[0-9a-f]+", text), (name, variant)
+
+
+def test_sami_samples_under_each_constitution_and_principled_demonstrations(sim_tok):
+    from fbjax.data import language
+
+    # One sample under each constitution per prompt: y_1 under c_1, y_2 under c_2, unlabelled.
+    pool = _pool(("12+7=", "3+4="), (("19", "18"), ("6", "7")))
+    groups = sim_feedback.constitution_samples(common.SIM_TASK, pool, sim_tok, None)
+    n = len(sim_feedback.SAMI_CONSTITUTIONS)
+    expected = language.sami_groups(
+        [("12+7=", sim_feedback.SAMI_CONSTITUTIONS, ("19", "18")),
+         ("3+4=", sim_feedback.SAMI_CONSTITUTIONS, ("6", "7"))], sim_tok)
+    assert len(groups) == 2 and all(len(g.completions) == n * n for g in groups)
+    for g, e in zip(groups, expected):
+        assert all(np.array_equal(a, b) for a, b in zip(g.completions, e.completions))
+    with pytest.raises(ValueError, match="one sample per constitution"):
+        sim_feedback.constitution_samples(common.SIM_TASK, _pool(*POOL), sim_tok, None)
+    assert sim_feedback.sami_rendering(1)("3+4=") == language.sami_prompt(
+        "3+4=", sim_feedback.SAMI_CONSTITUTIONS[1])
+
+    # Demonstrations alternate principles; each principle's demonstrator has its own quality.
+    data = sim.PrincipledDemonstrations(principles=("P", "Q"), qualities=(1.0, 0.0),
+                                        render=language.sami_prompt, num_examples=40)
+    ctx = sim.DataContext(tokenizer=sim_tok, task=common.SIM_TASK, seed=0, stage="principles")
+    for k, g in enumerate(data.load_in(ctx)):
+        principle, query = sim_tok.decode(g.prompt[1:].tolist()).split("\n")
+        answer = sim_tok.decode(g.completions[0][:-1].tolist())
+        assert principle == "PQ"[k % 2]
+        assert (common.SIM_TASK.reward(query, answer) == 1.0) == (k % 2 == 0)

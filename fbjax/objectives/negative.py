@@ -1,4 +1,5 @@
-r"""Negative-feedback objectives: unlikelihood, NPO, D2O and NFT.
+r"""Negative-feedback objectives: unlikelihood (alone and with likelihood), NPO (alone and with a
+retain term), D2O and NFT.
 
 These learn from responses marked bad (optionally alongside good ones or self-generated
 samples). Sequence-level losses return ``[N]`` (or ``[P]``) per-example losses; token-level
@@ -114,6 +115,131 @@ def npo(
     rho = logps - _float(ref_logps)
     loss = (2.0 / beta) * jax.nn.softplus(beta * rho)
     metrics = {"rewards/rejected": beta * rho, "logps/rejected": logps}
+    return loss, {k: _sg(v) for k, v in metrics.items()}
+
+
+def npo_retain(
+    policy_logps: ArrayLike,
+    ref_logps: ArrayLike,
+    lengths: ArrayLike,
+    retain: ArrayLike,
+    *,
+    beta: float = 0.1,
+    retain_weight: float = 1.0,
+) -> tuple[Array, Metrics]:
+    r"""NPO with a retain term (the paper's NPO+RT, the released code's ``npo_grad_diff``).
+
+    .. math::
+        \ell_i = \begin{cases}
+            \frac{2}{\beta} \log\big(1 + (\pi_\theta(y_i) / \pi_{\text{ref}}(y_i))^{\beta}\big)
+                & y_i \text{ to forget} \\
+            -\lambda \, \log \pi_\theta(y_i) / |y_i| & y_i \text{ in the retain set}
+        \end{cases}
+
+    The released trainer adds the mean NPO loss of a forget batch to the mean token NLL of a
+    retain batch (``npo_coeff = grad_diff_coeff = 1``, ``TOFU/dataloader.py``); here the two
+    kinds are examples of one batch, told apart by the slot field ``retain``, so a batch with
+    as many retain as forget examples averages to half the released loss (exactly, when the
+    retain sequences have equal length). Without the retain term the policy hands the mass it
+    takes off the forget set to whatever is next most likely; the retain set's likelihood keeps
+    the rest of the distribution in place (Sec. 5, TOFU: NPO+RT keeps model utility).
+
+    Args:
+        policy_logps: ``[N]`` summed completion log-probs under the policy.
+        ref_logps: ``[N]`` the same under the reference (read for forget examples only).
+        lengths: ``[N]`` scored tokens per completion (the retain term is per token).
+        retain: ``[N]`` 1.0 for retain-set examples, 0.0 for examples to forget.
+        beta: NPO's inverse temperature :math:`\beta` (the released config: 0.1).
+        retain_weight: :math:`\lambda`, the retain term's weight (released: 1.0).
+
+    Returns:
+        ``(loss [N], metrics)``: ``rewards/rejected`` (:math:`\beta\rho` of forget examples),
+        ``logps/rejected`` and ``logps/retain`` (per-token log-prob of retain examples); the
+        preset weights each metric by its own kind.
+
+    References:
+        Zhang, Lin, Bai, Mei 2024, arXiv:2404.05868, Sec. 5 (NPO+RT); released code
+        ``licong-lin/negative-preference-optimization``, ``TOFU/dataloader.py`` and
+        ``config/forget.yaml``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> loss, _ = npo_retain(jnp.array([-7.0, -6.0]), jnp.array([-7.0, 0.0]),
+        ...                      jnp.array([3.0, 4.0]), jnp.array([0.0, 1.0]), beta=0.5)
+        >>> print([round(float(x), 4) for x in loss])  # (2 / 0.5) log 2, then 6 / 4
+        [2.7726, 1.5]
+    """
+    is_retain = _float(retain) > 0
+    forget_loss, forget_metrics = npo(policy_logps, ref_logps, beta=beta)
+    logps = _float(policy_logps)
+    per_token = logps / jnp.maximum(_float(lengths), 1.0)
+    loss = jnp.where(is_retain, -retain_weight * per_token, forget_loss)
+    metrics = {**forget_metrics, "logps/retain": per_token}
+    return loss, {k: _sg(v) for k, v in metrics.items()}
+
+
+def unlikelihood_mle(
+    policy_token_logps: ArrayLike,
+    token_mask: ArrayLike,
+    likelihood: ArrayLike,
+    *,
+    alpha: float = 1.0,
+    min_complement: float = 1e-5,
+) -> tuple[Array, Metrics]:
+    r"""Unlikelihood on negative tokens mixed with likelihood on training data, per token.
+
+    .. math::
+        \ell_n = \frac{1}{|m_n|} \sum_t m_{n,t} \begin{cases}
+            -\log p_\theta(y_{n,t} \mid \cdot) & n \text{ a likelihood (MLE) sequence} \\
+            -\alpha \log\big(\max(1 - p_\theta(y_{n,t} \mid \cdot), \epsilon)\big)
+                & n \text{ a sequence with negative tokens}
+        \end{cases}
+
+    with one example per completion slot weighted by its token count, so the batch loss is
+    the sum over all scored tokens divided by their number, as fairseq normalises. Welleck et
+    al. never train unlikelihood alone: the token-level objective is MLE plus
+    :math:`\alpha` times the unlikelihood of candidate tokens (Eq. 4-5), and sequence-level
+    fine-tuning takes an unlikelihood update or an MLE update on the training corpus with
+    probability one half each (Sec. 5.2). Mixing both kinds of sequences in every batch, as
+    here, weighs them by their scored tokens; it equals that alternation's expected gradient
+    when both kinds carry as many scored tokens per batch.
+
+    Args:
+        policy_token_logps: ``[N, L]`` per-token log-probs of each completion slot.
+        token_mask: ``[N, L]`` 1 on scored tokens (the negatives of an unlikelihood sequence,
+            every target token of a likelihood sequence), 0 elsewhere.
+        likelihood: ``[N]`` 1.0 for likelihood (MLE) sequences, 0.0 for unlikelihood ones.
+        alpha: the unlikelihood term's weight :math:`\alpha` (the paper's 1.0).
+        min_complement: clamp :math:`\epsilon` on :math:`1 - p` (the reference code's 1e-5).
+
+    Returns:
+        ``(loss [N], metrics)``: per-token ``logps/rejected`` of the unlikelihood sequences and
+        ``logps/chosen`` of the likelihood ones.
+
+    References:
+        Welleck et al. 2019, "Neural Text Generation with Unlikelihood Training",
+        arXiv:1908.04319, Eq. 4-5 and Sec. 5.2; reference code
+        ``custom/candidate_penalty_ce_loss.py`` and ``custom/sequence_penalty_loss.py``.
+
+    Examples:
+        >>> import jax.numpy as jnp, math
+        >>> lp = jnp.log(jnp.array([[0.5, 0.75], [0.5, 0.25]]))
+        >>> loss, _ = unlikelihood_mle(lp, jnp.ones((2, 2)), jnp.array([0.0, 1.0]))
+        >>> print(round(float(loss[0]), 4), round((math.log(2) + math.log(4)) / 2, 4))
+        1.0397 1.0397
+        >>> print(round(float(loss[1]), 4), round((math.log(2) + math.log(4)) / 2, 4))
+        1.0397 1.0397
+    """
+    mask = _float(token_mask)
+    keep = mask > 0
+    logp = jnp.where(keep, _float(policy_token_logps), -1.0)
+    is_mle = (_float(likelihood) > 0)[:, None]
+    log_complement = _log1mexp(logp, max_x=math.log1p(-min_complement))
+    per_token = jnp.where(is_mle, -logp, -alpha * log_complement)
+    count = jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+    loss = jnp.sum(jnp.where(keep, per_token, 0.0) * mask, axis=-1) / count
+    mean_logp = jnp.sum(jnp.where(keep, logp, 0.0) * mask, axis=-1) / count
+    metrics = {"logps/rejected": mean_logp, "logps/chosen": mean_logp}
     return loss, {k: _sg(v) for k, v in metrics.items()}
 
 

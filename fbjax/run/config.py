@@ -96,6 +96,10 @@ class SampleStage:
     samples_per_prompt: int = 2
     sampling: sampling.SamplingConfig = sampling.SamplingConfig(max_new_tokens=8,
                                                                 temperature=1.0)
+    # Sample each prompt under each of these renderings (``samples_per_prompt`` each, in this
+    # order, graded against the plain prompt): SAMI's responses under each constitution.
+    # Empty: the plain prompt.
+    renderings: tuple[Callable[[str], str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

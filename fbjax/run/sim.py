@@ -71,6 +71,31 @@ class Demonstrations:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class PrincipledDemonstrations:
+    """Demonstrations under written principles: each of ``num_examples`` prompts is shown under
+    principle ``k mod n`` (``render(prompt, principle)``), and the demonstrator is right with
+    that principle's ``qualities[k mod n]``. With unequal qualities the model learns to read
+    the principles and follows them weakly, as a pretrained model does before SAMI."""
+
+    principles: tuple[str, ...]
+    qualities: tuple[float, ...]
+    render: Callable[[str, str], str]
+    num_examples: int = 6000
+
+    def load_in(self, ctx: DataContext) -> list[Group]:
+        if len(self.principles) != len(self.qualities):
+            raise ValueError(f"{len(self.principles)} principles but {len(self.qualities)} "
+                             "qualities")
+        rng = ctx.rng
+        prompts = ctx.task.sample_prompts(rng, self.num_examples)
+        n = len(self.principles)
+        pairs = [(self.render(p, self.principles[k % n]),
+                  ctx.task.demonstration(p, rng, self.qualities[k % n]))
+                 for k, p in enumerate(prompts)]
+        return encode.sft(pairs, ctx.tokenizer)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Feedback:
     """A method's training data, built by ``build(task, pool, tokenizer, rng)`` from the pool of
     stage ``pool`` (the task's oracle gives the feedback)."""
@@ -123,12 +148,15 @@ class SamplePool:
 
 def sample_pool(task: Any, params: Any, model: ModelConfig, tokenizer, prompts: Sequence[str], *,
                 samples_per_prompt: int, sampling_config: sampling.SamplingConfig,
-                rng: jax.Array) -> SamplePool:
-    """Samples ``samples_per_prompt`` completions of every prompt and grades them."""
-    flat = [p for p in prompts for _ in range(samples_per_prompt)]
+                rng: jax.Array, renderings: Sequence[Callable[[str], str]] = ()) -> SamplePool:
+    """Samples ``samples_per_prompt`` completions of every prompt and grades them; with
+    ``renderings``, that many under each rendering of the prompt, in order (a prompt's texts are
+    then ``len(renderings) * samples_per_prompt`` long), graded against the plain prompt."""
+    shown = tuple(renderings) or (lambda p: p,)
+    flat = [r(p) for p in prompts for r in shown for _ in range(samples_per_prompt)]
     out = evaluation.sample(params, model, tokenizer, flat, sampling_config=sampling_config,
                             rng=rng)
-    k = samples_per_prompt
+    k = samples_per_prompt * len(shown)
     texts = tuple(tuple(out.texts[i * k:(i + 1) * k]) for i in range(len(prompts)))
     rewards = np.array([[task.reward(p, t) for t in ts] for p, ts in zip(prompts, texts)])
     return SamplePool(tuple(prompts), texts, rewards)

@@ -6,6 +6,7 @@ evaluation prompts some methods sample under."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from typing import Callable
 
@@ -71,6 +72,20 @@ def npo_data(task, pool, tokenizer, rng):
     return encode.negative(
         sim.feedback.negatives(task, pool.flat_prompts, pool.flat_texts, threshold=1.0), tokenizer
     )
+
+
+def with_demonstrations(task, pool, tokenizer, rng, *, build: Callable[..., list], field: str,
+                        ratio: float = 1.0, quality: float = 0.5):
+    """``build``'s groups (slot field ``field = 0``) followed by ``round(ratio * n)`` fresh
+    demonstrations from the SFT stage's demonstrator (``quality`` 0.5, as
+    ``experiments.common.SFT``; ``field = 1``): the training corpus that NPO+RT keeps as its
+    retain set and that unlikelihood training keeps taking likelihood steps on. Bind the
+    keywords with ``functools.partial``, which run configs record by function and arguments."""
+    groups = build(task, pool, tokenizer, rng)
+    count = int(round(ratio * len(groups)))
+    corpus = sim.sft_corpus(task, rng, count, quality=quality) if count else ()
+    return (language.with_slot_fields(groups, **{field: 0.0})
+            + language.with_slot_fields(encode.sft(corpus, tokenizer), **{field: 1.0}))
 
 
 def kto_balance(objective: Objective, groups: list) -> Objective:
@@ -344,6 +359,26 @@ def constitution_matrix(task, pool, tokenizer, rng):
         if rewards[best] > rewards[worst]:
             data.append((p, SAMI_CONSTITUTIONS, (texts[best], texts[worst])))
     return language.sami_groups(data, tokenizer)
+
+
+def constitution_samples(task, pool, tokenizer, rng):
+    """SAMI as the paper runs it: per prompt, the policy's sample under each constitution
+    (a pool sampled with ``SampleStage.renderings`` = one rendering per constitution, one sample
+    each), no labels; the constitutions are the only signal."""
+    del task, rng
+    n = len(SAMI_CONSTITUTIONS)
+    data = []
+    for p, texts in zip(pool.prompts, pool.texts):
+        if len(texts) != n:
+            raise ValueError(f"SAMI needs one sample per constitution ({n}) per prompt; the "
+                             f"pool has {len(texts)} for {p!r}")
+        data.append((p, SAMI_CONSTITUTIONS, tuple(texts)))
+    return language.sami_groups(data, tokenizer)
+
+
+def sami_rendering(index: int) -> Callable[[str], str]:
+    """The prompt under constitution ``index`` (``SampleStage.renderings``)."""
+    return functools.partial(language.sami_prompt, constitution=SAMI_CONSTITUTIONS[index])
 
 
 def principled_prompt(prompt: str) -> str:

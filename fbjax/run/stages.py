@@ -449,7 +449,7 @@ def sample_stage(ctx: Run, stage: SampleStage) -> sim.SamplePool:
     pool = sim.sample_pool(task, policy.params, policy.model, ctx.tokenizer, prompts,
                            samples_per_prompt=stage.samples_per_prompt,
                            sampling_config=ctx.stop_sampling(stage.sampling),
-                           rng=jax.random.fold_in(ctx.key, 2))
+                           rng=jax.random.fold_in(ctx.key, 2), renderings=stage.renderings)
     if jax.process_index() == 0:
         pool.save(path)
     return pool

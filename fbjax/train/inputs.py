@@ -127,6 +127,31 @@ def slot_token_grid(stats: SequenceStats, values: Array) -> tuple[Array, Array]:
     return grid.reshape(n, seq), grid_mask.reshape(n, seq)
 
 
+def sequences_with_retain(stats: SequenceStats) -> tuple[dict[str, Array], Array]:
+    """:func:`unweighted_sequences` plus the slot field ``retain`` (0 when absent) and the
+    ``retain`` / ``forget`` example masks that weight each kind's metrics (NPO+RT)."""
+    arrays, weights = unweighted_sequences(stats)
+    retain = stats.fields.get("retain", jnp.zeros_like(stats.valid)) * stats.valid
+    arrays.update(retain=retain, forget=stats.valid - retain)
+    return arrays, weights
+
+
+def token_slots_with_likelihood(stats: SequenceStats) -> tuple[dict[str, Array], Array]:
+    """Each completion slot's per-token log-probs ``[N, L]`` (:func:`slot_token_grid`) with the
+    slot field ``likelihood`` (0 when absent); one example per slot weighted by its scored
+    tokens, so a per-slot token mean averages to the batch's token mean."""
+    grid, mask = slot_token_grid(stats, stats.token_logps)
+    mask = mask * stats.valid[:, None]
+    likelihood = stats.fields.get("likelihood", jnp.zeros_like(stats.valid)) * stats.valid
+    return {
+        "policy_token_logps": grid,
+        "token_mask": mask,
+        "likelihood": likelihood,
+        "desirable": likelihood,
+        "undesirable": stats.valid - likelihood,
+    }, jnp.sum(mask, axis=-1)
+
+
 def verified_samples(stats: SequenceStats) -> tuple[dict[str, Array], Array]:
     """NFT: each completion slot's per-token log-probs under the policy and the rollout policy
     (the step's reference), aligned ``[N, L]``, with slot fields ``labels`` (verifier said

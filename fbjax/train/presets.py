@@ -123,6 +123,26 @@ def unlikelihood(**hparams) -> Objective:
     return Objective(loss=negative.unlikelihood, inputs=inputs.tokens, hparams=hparams)
 
 
+def npo_retain(**hparams) -> Objective:
+    """NPO on completions to forget plus the likelihood of retain-set completions (slot field
+    ``retain``), the NPO paper's default NPO+RT."""
+    return Objective(
+        loss=negative.npo_retain, inputs=inputs.sequences_with_retain, hparams=hparams,
+        metric_weights={"rewards/rejected": "forget", "logps/rejected": "forget",
+                        "logps/retain": "retain"},
+    )
+
+
+def unlikelihood_mle(**hparams) -> Objective:
+    """Unlikelihood on negative tokens plus likelihood of training sequences (slot field
+    ``likelihood``), per token, as Welleck et al. train it."""
+    return Objective(
+        loss=negative.unlikelihood_mle, inputs=inputs.token_slots_with_likelihood,
+        hparams=hparams,
+        metric_weights={"logps/chosen": "desirable", "logps/rejected": "undesirable"},
+    )
+
+
 def d2o(num_samples: int, **hparams) -> Objective:
     """D2O: groups of (human negative, ``num_samples`` self-generated samples)."""
     return Objective(

@@ -1,4 +1,5 @@
-"""Tests of fbjax.objectives.negative: unlikelihood, NPO, D2O, NFT."""
+"""Tests of fbjax.objectives.negative: unlikelihood (alone and with likelihood), NPO (alone and
+with a retain term), D2O, NFT."""
 
 import functools
 import math
@@ -48,6 +49,8 @@ _samples = [jnp.asarray(_rng.uniform(-30, -5, (B, L)), jnp.float32) for _ in ran
 CASES = {
     "unlikelihood": (negative.unlikelihood, [_tok, _mask], 0),
     "npo": (negative.npo, _seq, 0),
+    "npo_retain": (negative.npo_retain, [*_seq, a(3, 4, 5), a(0, 1, 0)], 0),
+    "unlikelihood_mle": (negative.unlikelihood_mle, [_tok, _mask, a(0, 1, 1)], 0),
     "d2o": (negative.d2o, [*_samples, _mask, *_seq], 0),
     "d2o_negative": (negative.d2o, [*_samples, _mask, *_seq], 3),
     "nft": (negative.nft, [_tok, _old, _mask, a(1, 0, 0), a(0.5, 0.5, 0.3)], 0),
@@ -133,6 +136,57 @@ def test_npo_beta_to_zero_is_gradient_ascent_and_shift_invariance():
     g = jax.jit(jax.grad(lambda x: jnp.sum(negative.npo(x, ref, beta=1e-6)[0])))(pol)
     np.testing.assert_allclose(g, 1.0, rtol=1e-4)  # d/dlogp of +logp: push likelihood down
     np.testing.assert_allclose(J.npo(pol + 3.0, ref + 3.0)[0], J.npo(pol, ref)[0], rtol=1e-5)
+
+
+def test_npo_retain_is_npo_on_forget_and_token_nll_on_retain():
+    pol, ref = _seq
+    lengths, retain = a(3, 4, 5), a(0, 1, 0)
+    loss, metrics = J.npo_retain(pol, ref, lengths, retain, beta=0.5, retain_weight=2.0)
+    npo_loss, _ = J.npo(pol, ref, beta=0.5)
+    np.testing.assert_allclose(loss[jnp.array([0, 2])], npo_loss[jnp.array([0, 2])], rtol=1e-6)
+    np.testing.assert_allclose(loss[1], -2.0 * pol[1] / 4.0, rtol=1e-6)
+    np.testing.assert_allclose(metrics["logps/retain"][1], pol[1] / 4.0, rtol=1e-6)
+    # d/dlogp: 2 sigma(beta rho) on the forget examples, -lambda / |y| on the retain one.
+    g = jax.jit(jax.grad(lambda x: jnp.sum(negative.npo_retain(
+        x, ref, lengths, retain, beta=0.5, retain_weight=2.0)[0])))(pol)
+    rho = np.asarray(pol - ref, np.float64)
+    np.testing.assert_allclose(g, [2 / (1 + math.exp(-0.5 * rho[0])), -0.5,
+                                   2 / (1 + math.exp(-0.5 * rho[2]))], rtol=1e-5)
+
+
+def test_npo_retain_batch_mean_is_half_the_released_loss():
+    # The released npo_grad_diff: mean NPO of the forget batch + mean token NLL of the retain
+    # batch. As examples of one batch, 1:1, equal retain lengths: half of it.
+    forget_pol, forget_ref = a(-9.0, -6.0), a(-8.0, -8.0)
+    retain_pol, retain_len = a(-12.0, -4.0), a(4.0, 4.0)
+    loss, _ = J.npo_retain(jnp.concatenate([forget_pol, retain_pol]),
+                           jnp.concatenate([forget_ref, a(0.0, 0.0)]),
+                           jnp.concatenate([a(3.0, 3.0), retain_len]), a(0, 0, 1, 1), beta=0.1)
+    released = (np.mean([20 * softplus(0.1 * -1.0), 20 * softplus(0.1 * 2.0)])
+                + (12.0 + 4.0) / 8.0)
+    np.testing.assert_allclose(float(jnp.mean(loss)), released / 2, rtol=1e-6)
+
+
+def test_unlikelihood_mle_rows_are_unlikelihood_and_nll_token_means():
+    loss, metrics = J.unlikelihood_mle(_tok, _mask, a(0, 1, 0), alpha=0.5)
+    ul, _ = J.unlikelihood(_tok, _mask)
+    counts = np.asarray(_mask).sum(-1)
+    np.testing.assert_allclose(loss[0], 0.5 * ul[0] / counts[0], rtol=1e-6)
+    np.testing.assert_allclose(loss[2], 0.5 * ul[2] / counts[2], rtol=1e-6)
+    nll = -(np.asarray(_tok, np.float64) * np.asarray(_mask))[1].sum() / counts[1]
+    np.testing.assert_allclose(loss[1], nll, rtol=1e-6)
+    np.testing.assert_allclose(metrics["logps/chosen"][1], -nll, rtol=1e-6)
+    # Masked slots hold anything without changing a value or a gradient.
+    garbage = jnp.where(_mask > 0, _tok, jnp.asarray([0.0, -jnp.inf, jnp.nan, 5.0])[None, :])
+    np.testing.assert_allclose(J.unlikelihood_mle(garbage, _mask, a(0, 1, 0), alpha=0.5)[0],
+                               loss, rtol=1e-6)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(
+        negative.unlikelihood_mle(x, _mask, a(0, 1, 0))[0])))(garbage)
+    assert np.all(np.isfinite(g))
+    np.testing.assert_array_equal(np.asarray(g)[np.asarray(_mask) == 0], 0.0)
+    # A likelihood row's gradient is -1 / count per scored token: raise every one.
+    np.testing.assert_allclose(np.asarray(g)[1][np.asarray(_mask)[1] > 0], -1.0 / counts[1],
+                               rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- D2O

@@ -91,6 +91,28 @@ def test_negative_objective_lowers_the_negatives(name, mesh):
     assert after < before - 0.05, (name, before, after)
 
 
+def test_retain_and_likelihood_mixtures_lower_negatives_and_raise_the_rest(mesh):
+    groups = random_groups(24, completions=1, vocab=MODEL.vocab_size, seed=3)
+    for objective, field, up, down in (
+            (presets.npo_retain(beta=1.0), "retain", "logps/retain", "logps/rejected"),
+            (presets.unlikelihood_mle(), "likelihood", "logps/chosen", "logps/rejected")):
+        mixed = _with(groups, **{field: lambda i, g: (float(i % 2),)})
+        history = _train(objective, mixed, mesh)
+        for key, sign in ((up, 1.0), (down, -1.0)):
+            before, after = _first_last(history, key)
+            assert sign * (after - before) > 0.05, (field, key, before, after)
+
+
+def test_unlikelihood_mle_on_likelihood_rows_only_is_the_sft_loss(mesh):
+    # Per-slot token means weighted by token counts (inputs.token_slots_with_likelihood) against
+    # the SFT objective's token-weighted sequence means: two paths to the batch's token-mean NLL.
+    groups = _with(random_groups(24, completions=1, vocab=MODEL.vocab_size, seed=5),
+                   likelihood=lambda i, g: (1.0,))
+    mle = _train(presets.unlikelihood_mle(), groups, mesh, steps=2)
+    sft = _train(presets.sft(), groups, mesh, steps=2)
+    np.testing.assert_allclose([h["loss"] for h in mle], [h["loss"] for h in sft], rtol=1e-5)
+
+
 def test_d2o_raises_samples_over_negative(mesh):
     groups = random_groups(24, completions=3, vocab=MODEL.vocab_size, seed=4)
     with pytest.raises(ValueError, match="multiple of 3"):
