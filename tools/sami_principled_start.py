@@ -1,15 +1,17 @@
 """SAMI from a start that reads written principles: does SAMI improve the simulator's policy
-once the policy already follows its principles weakly, as the paper's pretrained models do?
+once the policy already follows its principles weakly?
 
     python tools/sami_principled_start.py --seeds 0 1 2 --workdir runs/sami_principled \
         --out docs/results/sami_principled_start.json
+    python tools/sami_principled_start.py --seeds 0 1 2 --workdir runs/sami_principled \
+        --principle 1 --out docs/results/sami_principled_start_second_principle.json
 
 Per seed: the sim SFT start; ``principles``, SFT from it on demonstrations under the two SAMI
 constitutions (``sim.PrincipledDemonstrations``: right with probability 0.8 under the first,
 0.2 under the second); a pool of one sample per prompt under each constitution from that start
 (``SampleStage.renderings``); SAMI on those samples, no labels (``constitution_samples``), at
-two settings; everything evaluated under the first constitution, against the SFT start
-prompted plainly. The row to read is each SAMI stage against ``principles``, its own start.
+two settings; everything evaluated under the first constitution (``--principle 1``: the second,
+reusing the trained stages of the same workdir), against the SFT start prompted plainly. The row to read is each SAMI stage against ``principles``, its own start.
 """
 
 from __future__ import annotations
@@ -27,14 +29,14 @@ START_STEPS = 400
 SETTINGS = ((1e-4, 40), (3e-5, 120))
 
 
-def config(seed: int):
+def config(seed: int, principle: int = 0):
     from experiments import common
     from fbjax.data import language
     from fbjax.run import sim, sim_feedback
     from fbjax.run.config import SampleStage, StageEval, TrainStage
     from fbjax.train import language_inputs, presets
 
-    under_first = StageEval(prompt=sim_feedback.principled_prompt)
+    under_first = StageEval(prompt=sim_feedback.sami_rendering(principle))
     start = TrainStage(
         name="principles", start="sft", objective=presets.sft(),
         data=sim.PrincipledDemonstrations(principles=sim_feedback.SAMI_CONSTITUTIONS,
@@ -57,7 +59,10 @@ def config(seed: int):
         for lr, steps in SETTINGS)
     base = common.sim_experiment("sami_principled_start", seed=seed)
     sft, *_, evaluation = base.stages
-    return dataclasses.replace(base, stages=(sft, start, pool, *samis, evaluation), main=None)
+    # The evaluation prompt is not part of what trains: evaluating under the other principle
+    # reuses the trained stages of a run under the first.
+    return dataclasses.replace(base, stages=(sft, start, pool, *samis, evaluation), main=None,
+                               allow_config_change=principle != 0)
 
 
 def main(argv=None) -> int:
@@ -65,18 +70,20 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--workdir", default="runs/sami_principled")
     p.add_argument("--out", default=None)
+    p.add_argument("--principle", type=int, default=0,
+                   help="evaluate under this constitution (0: the first, 'A correct answer')")
     args = p.parse_args(argv)
     sys.path.insert(0, ROOT)
     from fbjax.run import stages
 
     rows = []
     for seed in args.seeds:
-        summary = stages.run(config(seed), workdir=os.path.join(args.workdir, f"seed{seed}"),
+        summary = stages.run(config(seed, args.principle), workdir=os.path.join(args.workdir, f"seed{seed}"),
                              progress=False)
         by_name = {r["method"]: r for r in summary["methods"]}
         start = by_name["principles"]["reward_after"]
         for name, r in by_name.items():
-            rows.append({"seed": seed, "stage": name, "sft_plain": r["reward_before"],
+            rows.append({"seed": seed, "stage": name, "principle": args.principle, "sft_plain": r["reward_before"],
                          "sft_under_principle": r.get("reward_before_same_prompt"),
                          "principled_start": start, "reward": r["reward_after"],
                          "kl_to_sft": r["kl"]})
