@@ -232,13 +232,11 @@ def unlikelihood_mle(
     """
     mask = _float(token_mask)
     keep = mask > 0
-    logp = jnp.where(keep, _float(policy_token_logps), -1.0)
-    is_mle = (_float(likelihood) > 0)[:, None]
-    log_complement = _log1mexp(logp, max_x=math.log1p(-min_complement))
-    per_token = jnp.where(is_mle, -logp, -alpha * log_complement)
+    unlikely, _ = unlikelihood(policy_token_logps, token_mask, min_complement=min_complement)
+    logp_sum = jnp.sum(jnp.where(keep, _float(policy_token_logps), 0.0) * mask, axis=-1)
     count = jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
-    loss = jnp.sum(jnp.where(keep, per_token, 0.0) * mask, axis=-1) / count
-    mean_logp = jnp.sum(jnp.where(keep, logp, 0.0) * mask, axis=-1) / count
+    loss = jnp.where(_float(likelihood) > 0, -logp_sum, alpha * unlikely) / count
+    mean_logp = logp_sum / count
     metrics = {"logps/rejected": mean_logp, "logps/chosen": mean_logp}
     return loss, {k: _sg(v) for k, v in metrics.items()}
 
