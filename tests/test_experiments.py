@@ -23,7 +23,7 @@ import pytest
 from experiments import common
 from fbjax import cli
 from fbjax import sharding as fsh
-from fbjax.data import encode, sources
+from fbjax.data import encode, sources, templates
 from fbjax.data import examples as ex
 from fbjax.models.config import Family, ModelConfig
 from fbjax.run import overrides, sim, sim_feedback, stages
@@ -296,6 +296,38 @@ def test_unlikelihood_sim_data_penalises_only_wrong_digits(sim_tok):
     assert penalised == [("12+7=", "119", "1"), ("12+7=", "18", "8"), ("12+7=", "9", "9"),
                          ("3+4=", "6", "6"), ("3+4=", "8", "8")]
     assert all(g.masks[0][-1] == 0 for g in groups)  # EOS is never pushed down
+
+
+def test_leti_sim_data_mixes_demonstrations_one_to_one(sim_tok):
+    built = _build("leti_wang2023", sim_tok, np.random.default_rng(0))
+    leti = [g for g in built if g.slot_fields["pretraining"][0] == 0.0]
+    corpus = [g for g in built if g.slot_fields["pretraining"][0] == 1.0]
+    assert len(leti) == len(corpus) == 8 and len(built) == 16
+    # The LeTI half: the reward token is the whole prompt; the three right samples (19, 7, 7)
+    # get <|good|> and no critique, every later token trained; the demonstrations are plain
+    # (prompt, answer) pairs, the answer trained.
+    good = [g for g in leti if sim_tok.decode(g.prompt.tolist()).endswith(templates.GOOD_TOKEN)]
+    assert len(good) == 3
+    assert all(np.all(g.masks[0] > 0) for g in leti)
+    assert sorted(sim_tok.decode(g.completions[0][:-1].tolist()) for g in good) == [
+        "12+7=19", "3+4=7", "3+4=7"]
+    assert all(g.masks is None for g in corpus)
+    # Fresh task prompts from the demonstrator ("a+b=" / "a-b="), not the pool's.
+    assert all(re.fullmatch(r"\d+[+-]\d+=", sim_tok.decode(g.prompt[1:].tolist()))
+               for g in corpus)
+
+
+def test_cut_sim_data_downsamples_positives_as_released(sim_tok):
+    def flags(positive_ratio):
+        groups = sim_feedback.judged_pairs(common.SIM_TASK, _pool(*POOL), sim_tok, None,
+                                           positive_ratio=positive_ratio)
+        return sorted(g.slot_fields["negative"][0] for g in groups)
+
+    # 5 wrong samples, 3 right: int(0.25 * 5) = 1 right one is kept; None keeps all three.
+    assert flags(0.25) == [0.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert flags(None) == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    built = _build("cut_xu2023", sim_tok, np.random.default_rng(0))
+    assert sorted(g.slot_fields["negative"][0] for g in built) == flags(0.25)
 
 
 def test_readme_table_has_a_sim_result_for_every_module():

@@ -79,7 +79,8 @@ def with_demonstrations(task, pool, tokenizer, rng, *, build: Callable[..., list
     """``build``'s groups (slot field ``field = 0``) followed by ``round(ratio * n)`` fresh
     demonstrations from the SFT stage's demonstrator (``quality`` 0.5, as
     ``experiments.common.SFT``; ``field = 1``): the training corpus that NPO+RT keeps as its
-    retain set and that unlikelihood training keeps taking likelihood steps on. Bind the
+    retain set, that unlikelihood training keeps taking likelihood steps on, and that stands in
+    for the pretraining text LeTI mixes in 1:1. Bind the
     keywords with ``functools.partial``, which run configs record by function and arguments."""
     groups = build(task, pool, tokenizer, rng)
     count = int(round(ratio * len(groups)))
@@ -289,17 +290,18 @@ class IlfJudgeData:
         return encode.sft(pairs, ctx.tokenizer)
 
 
-def leti_sequences(task, pool, tokenizer, rng):
+def leti_sequences(task, pool, tokenizer, rng, *, train_on_context: bool = True):
     """LeTI: reward token, instruction, output and (for failures) the critique."""
     del rng
-    return language.leti_groups(critiques(task, pool), tokenizer)
+    return language.leti_groups(critiques(task, pool), tokenizer,
+                                train_on_context=train_on_context)
 
 
-def judged_pairs(task, pool, tokenizer, rng):
+def judged_pairs(task, pool, tokenizer, rng, *, positive_ratio: float | None = 0.25):
     """CUT: each sample under the plain and the judgment-conditioned prompt."""
     del rng
     data = sim.feedback.judgments(task, pool.flat_prompts, pool.flat_texts)
-    return language.cut_groups(data, tokenizer)
+    return language.cut_groups(data, tokenizer, positive_ratio=positive_ratio)
 
 
 def is_addition(prompt: str) -> bool:
