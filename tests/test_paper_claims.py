@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "too
 import paper_claims as pc  # noqa: E402
 
 from experiments import common  # noqa: E402
-from fbjax.run import sim  # noqa: E402
+from fbjax.run import sim, sim_feedback  # noqa: E402
 from fbjax.run.config import TrainStage  # noqa: E402
 from fbjax.run.overrides import dumps  # noqa: E402
 
@@ -105,13 +105,31 @@ def test_every_claims_stages_build_in_one_experiment(smoke):
 
 
 def test_diagnostics_add_longer_copies_of_the_claims_stages():
-    config = pc.experiment(seed=0, diagnostics=True)
+    config = pc.experiment(seed=0, diagnostics=[])
     stages = {s.name: s for s in config.stages}
     assert len(stages) == len(config.stages) == len(pc.STAGES) + len(pc.DIAGNOSTICS) + 3
     assert stages["diag_leti_x4_steps"].train.steps == 4 * stages["claim_leti"].train.steps
     longer = stages["diag_rdpo_flip40_x8_steps"]
     assert longer.train.steps == 8 * stages["claim_rdpo_flip40"].train.steps
     assert longer.data == stages["claim_rdpo_flip40"].data  # the same labels
+    # Named diagnostics only, in the order given; a typo names the choices.
+    picked = pc.experiment(seed=0, diagnostics=["diag_leti_answers_only"])
+    assert len(picked.stages) == len(pc.STAGES) + 4
+    assert picked.stages[-2].name == "diag_leti_answers_only"  # before the eval stage
+    assert pc.experiment(seed=0).stages == pc.experiment(seed=0, diagnostics=None).stages
+    with pytest.raises(ValueError, match="diag_leti_x4_steps"):
+        pc.experiment(seed=0, diagnostics=["diag_leti_x5_steps"])
+
+
+def test_leti_claim_compares_like_for_like():
+    # Both arms mix pretraining text (demonstrations) 1:1 as the module's stage does; they
+    # differ in the critique text alone.
+    stages = {s.name: s for s in pc.experiment(seed=0, diagnostics=[]).stages}
+    treat, control = stages["claim_leti"].data.build, stages["claim_leti_reward_token_only"].data.build
+    assert treat.keywords["field"] == control.keywords["field"] == "pretraining"
+    assert treat.keywords["build"] is sim_feedback.leti_sequences
+    assert control.keywords["build"] is pc.leti_reward_token_only
+    assert stages["diag_leti_answers_only"].data.build.keywords == {"train_on_context": False}
 
 
 def test_stages_keep_the_modules_settings_but_what_the_claim_changes():
