@@ -17,7 +17,8 @@ What is held equal:
   model, AdamW with global-norm clipping at 1.0, float32, no gradient checkpointing, dropout off.
 
 Every fbjax step uses training's default LM head at scored positions (passes of half the row,
-``TrainConfig.scored_bound``); TRL's fused head likewise projects only the labelled positions.
+``TrainConfig.scored_bound``), or ``--max-scored`` positions a row per pass; TRL's fused head
+likewise projects only the labelled positions.
 
 Five steps are timed, one of each per repetition, in turn:
 
@@ -281,8 +282,10 @@ class FbjaxStep:
             reference_params=None if cached else params)
         bsh = steplib.batch_shardings(mesh, self.batch)
         self.device_batch = {k: jax.device_put(v, bsh[k]) for k, v in self.batch.items()}
-        # fbjax's training default: the LM head at scored positions, passes of half the row.
-        self.max_scored = TrainConfig(seq_len=self.batch["tokens"].shape[1]).scored_bound
+        # fbjax's training default: the LM head at scored positions, passes of half the row;
+        # --max-scored sets the pass (train.max_scored_tokens), same values.
+        self.max_scored = TrainConfig(seq_len=self.batch["tokens"].shape[1],
+                                      max_scored_tokens=args.max_scored).scored_bound
         self.step = steplib.make_train_step(
             model=self.model, objective=objective, optimizer=optimizer, mesh=mesh, rules=rules,
             state_sharding=shardings, batch_sharding=bsh, chunk_size=args.chunk,
@@ -324,6 +327,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     bench_alternate.add_common_args(p, report_padding.DEFAULT_DATA)
     p.add_argument("--max-len", type=int, default=512, help="token limit per sequence")
     p.add_argument("--chunk", type=int, default=8192, help="fbjax log-softmax vocabulary chunk")
+    p.add_argument("--max-scored", type=int, default=None,
+                   help="fbjax LM-head positions a row per pass (train.max_scored_tokens; "
+                        "default: training's, half the row); on this CPU smaller passes are "
+                        "faster on short padded rows")
     p.add_argument("--reps", type=int, default=7, help="timed steps of each, alternating")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -403,6 +410,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "model": {"layers": args.layers, "hidden": args.hidden, "heads": args.heads,
                   "kv_heads": args.kv_heads, "mlp": args.mlp, "vocab": vocab},
         "logp_max_abs_diff": logp_diff,
+        "fbjax_max_scored": {name: steps[name].max_scored for name in steps
+                             if name.startswith("fbjax")},
         "step_s": times,
         "step_s_median": medians,
         "tokens_per_s": {name: real_tokens / m for name, m in medians.items()},
