@@ -285,7 +285,8 @@ class FbjaxStep:
         # fbjax's training default: the LM head at scored positions, passes of half the row;
         # --max-scored sets the pass (train.max_scored_tokens), same values.
         self.max_scored = TrainConfig(seq_len=self.batch["tokens"].shape[1],
-                                      max_scored_tokens=args.max_scored).scored_bound
+                                      max_scored_tokens=getattr(args, "max_scored", None)
+                                      ).scored_bound
         self.step = steplib.make_train_step(
             model=self.model, objective=objective, optimizer=optimizer, mesh=mesh, rules=rules,
             state_sharding=shardings, batch_sharding=bsh, chunk_size=args.chunk,
