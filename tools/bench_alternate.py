@@ -92,6 +92,10 @@ def add_common_args(p, default_data: str) -> None:
     p.add_argument("--data", default=default_data)
     p.add_argument("--pairs", type=int, default=8, help="preference pairs per batch")
     p.add_argument("--row-len", type=int, default=1024, help="fbjax packed row length")
+    p.add_argument("--max-scored", type=int, default=None,
+                   help="fbjax LM-head positions a row per pass (train.max_scored_tokens; "
+                        "default: training's, half the row); on this CPU smaller passes are "
+                        "faster on short padded rows")
     p.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)

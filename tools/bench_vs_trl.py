@@ -285,8 +285,7 @@ class FbjaxStep:
         # fbjax's training default: the LM head at scored positions, passes of half the row;
         # --max-scored sets the pass (train.max_scored_tokens), same values.
         self.max_scored = TrainConfig(seq_len=self.batch["tokens"].shape[1],
-                                      max_scored_tokens=getattr(args, "max_scored", None)
-                                      ).scored_bound
+                                      max_scored_tokens=args.max_scored).scored_bound
         self.step = steplib.make_train_step(
             model=self.model, objective=objective, optimizer=optimizer, mesh=mesh, rules=rules,
             state_sharding=shardings, batch_sharding=bsh, chunk_size=args.chunk,
@@ -328,10 +327,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     bench_alternate.add_common_args(p, report_padding.DEFAULT_DATA)
     p.add_argument("--max-len", type=int, default=512, help="token limit per sequence")
     p.add_argument("--chunk", type=int, default=8192, help="fbjax log-softmax vocabulary chunk")
-    p.add_argument("--max-scored", type=int, default=None,
-                   help="fbjax LM-head positions a row per pass (train.max_scored_tokens; "
-                        "default: training's, half the row); on this CPU smaller passes are "
-                        "faster on short padded rows")
     p.add_argument("--reps", type=int, default=7, help="timed steps of each, alternating")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

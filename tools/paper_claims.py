@@ -150,9 +150,10 @@ def leti_reward_token_only(task, pool, tokenizer, rng, *, train_on_context: bool
 
 
 def with_pretraining(build):
-    """``build``'s LeTI groups mixed 1:1 with demonstrations as the pretraining text, as the
-    LeTI module's sim stage mixes them."""
-    return functools.partial(sim_feedback.with_demonstrations, build=build, field="pretraining")
+    """The LeTI module's sim data builder with ``build`` in place of its LeTI sequences: the
+    same pretraining mix (demonstrations, ratio and field) as the module's stage."""
+    mix = leti.STAGE.data.build
+    return functools.partial(mix.func, *mix.args, **{**mix.keywords, "build": build})
 
 
 def initial_output_pairs(task, pool) -> list[tuple[str, str]]:
