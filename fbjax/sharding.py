@@ -127,6 +127,13 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+def batch_shards(mesh: Mesh, sharding: NamedSharding) -> int:
+    """How many pieces ``sharding`` cuts an array's first dimension (its rows) into."""
+    spec = sharding.spec[0] if len(sharding.spec) else None
+    axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
+    return int(np.prod([mesh.shape[a] for a in axes], dtype=np.int64))
+
+
 def sharding_table(params: Any, shardings: Any) -> str:
     """One line per parameter: path, shape, dtype, partition spec and per-device size."""
     rows = []

@@ -23,8 +23,10 @@ class TrainConfig:
     log_every: int = 10
     logprob_chunk: int = LOGPROB_CHUNK
     # The LM head runs only at scored positions (fbjax.objectives.logprobs.token_logps), at most
-    # max_scored_tokens a row per pass (more passes where a row has more; same values either
-    # way). None: half the row rounded up to 128. scored_head=False runs it at every position.
+    # max_scored_tokens a row per pass, the rows of a batch shard pooled (more passes where
+    # they hold more; same values either way). None: an eighth of the row rounded up to 32;
+    # rows of at most 128 tokens take one plain pass. scored_head=False runs it at every
+    # position.
     scored_head: bool = True
     max_scored_tokens: int | None = None
     # Pack several groups per row; share one prompt copy between a group's completions.
@@ -41,7 +43,15 @@ class TrainConfig:
         """Positions a row per LM-head pass, or None for every position (one plain pass)."""
         if not self.scored_head:
             return None
-        bound = self.max_scored_tokens or -(-self.seq_len // 256) * 128
+        if self.max_scored_tokens is None and self.seq_len <= 128:
+            # The simulator's rows: a pass's gathers and scan cost about what they save there.
+            return None
+        # Passes pool a shard's rows, so a small pass costs little: one row with many scored
+        # positions no longer sets every row's share. An eighth of the row covers TRL's padded
+        # layout (12% scored) in one pass and packed rows (45% scored) in about four; on this
+        # CPU the packed step took the same time with 128, 256 and 512 a row
+        # (tools/bench_scored_pass.py, docs/performance.md).
+        bound = self.max_scored_tokens or -(-self.seq_len // 256) * 32
         return bound if bound < self.seq_len else None
 
     def __post_init__(self):

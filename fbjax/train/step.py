@@ -60,24 +60,26 @@ def hidden_states(model: Decoder, params: Any, batch: Batch, rngs: Any = None) -
 
 def _token_logps_from_hidden(
     model: Decoder, params: Any, hidden: Array, batch: Batch, *, chunk_size: int,
-    max_scored: int | None,
+    max_scored: int | None, row_groups: int | None = None,
 ) -> Array:
     w = output_projection(params, model.config)
     return logprobs.token_logps(
         hidden, w, batch["tokens"], batch["predictor"], chunk_size=chunk_size,
         cap=model.config.final_logit_softcap,
-        loss_mask_BxL=batch["loss_mask"], max_scored=max_scored,
+        loss_mask_BxL=batch["loss_mask"], max_scored=max_scored, row_groups=row_groups,
     )
 
 
 def token_logps(
-    model: Decoder, params: Any, batch: Batch, *, chunk_size: int, max_scored: int | None = None
+    model: Decoder, params: Any, batch: Batch, *, chunk_size: int, max_scored: int | None = None,
+    row_groups: int | None = None,
 ) -> Array:
     """``[B, L]`` float32 log-probs of the scored tokens under ``params`` (vocab-chunked; 0
     where ``loss_mask`` is 0; the LM head runs at most ``max_scored`` positions a row)."""
     hidden = hidden_states(model, params, batch)
     return _token_logps_from_hidden(
-        model, params, hidden, batch, chunk_size=chunk_size, max_scored=max_scored
+        model, params, hidden, batch, chunk_size=chunk_size, max_scored=max_scored,
+        row_groups=row_groups,
     )
 
 
@@ -103,6 +105,7 @@ def sequence_stats(
     reference_model: Decoder | None = None,
     rngs: Any = None,
     max_scored: int | None = None,
+    row_groups: int | None = None,
 ) -> SequenceStats:
     """Per-token and per-completion statistics of a batch (docs/batch_layout.md).
 
@@ -112,13 +115,13 @@ def sequence_stats(
     return _sequence_stats_and_router(
         model, params, ref_params, batch, need_reference=need_reference, chunk_size=chunk_size,
         need_distributions=need_distributions, reference_model=reference_model, rngs=rngs,
-        max_scored=max_scored)[0]
+        max_scored=max_scored, row_groups=row_groups)[0]
 
 
 def _sequence_stats_and_router(
     model: Decoder, params: Any, ref_params: Any, batch: Batch, *, need_reference: bool,
     chunk_size: int, need_distributions: bool, reference_model: Decoder | None, rngs: Any,
-    max_scored: int | None,
+    max_scored: int | None, row_groups: int | None = None,
 ) -> tuple[SequenceStats, list[dict[str, Array]]]:
     """:func:`sequence_stats` and the policy's router statistics (MoE models; else [])."""
     mask = batch["loss_mask"].astype(jnp.float32)
@@ -126,7 +129,8 @@ def _sequence_stats_and_router(
     hidden, router = forward(model, params, batch, rngs)
     if has_lm_head(model.config):
         tok = _token_logps_from_hidden(
-            model, params, hidden, batch, chunk_size=chunk_size, max_scored=max_scored
+            model, params, hidden, batch, chunk_size=chunk_size, max_scored=max_scored,
+            row_groups=row_groups,
         )
     else:  # a reward model: train_step admits only layouts that read the rewards
         tok = jnp.zeros(mask.shape, jnp.float32)
@@ -145,7 +149,7 @@ def _sequence_stats_and_router(
         else:
             ref_tok = jax.lax.stop_gradient(
                 token_logps(reference_model or model, ref_params, batch, chunk_size=chunk_size,
-                            max_scored=max_scored)
+                            max_scored=max_scored, row_groups=row_groups)
             )
             ref_seq = logprobs.sequence_sums(ref_tok, mask, batch["slot_ids"], num_slots).reshape(-1)
     fields = {
@@ -222,12 +226,14 @@ def train_step(
     lora: loralib.LoraConfig | None = None,
     base: Any = None,
     max_scored: int | None = None,
+    row_groups: int | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer update. Returns metrics as ``name -> (sum, count)``.
 
     ``max_scored`` (e.g. ``logprobs.max_scored_bound`` of the data's loss masks): the LM head
     runs only at the scored positions' predictors, that many a row per pass (a row with more
-    takes another pass, with equal results). None runs it at every position.
+    takes another pass, with equal results). None runs it at every position. ``row_groups``
+    pools the rows into that many groups for the passes (``logprobs.token_logps``).
 
     Gradients are of the *summed* loss, divided once by the total example weight, so
     accumulating microbatches (or adding hosts) gives exactly the large-batch gradient.
@@ -257,7 +263,7 @@ def train_step(
         stats, router = _sequence_stats_and_router(
             policy_model, params, ref_params, micro, need_reference=need_ref,
             chunk_size=chunk_size, need_distributions=objective.reads_distributions,
-            reference_model=model, rngs=rngs, max_scored=max_scored,
+            reference_model=model, rngs=rngs, max_scored=max_scored, row_groups=row_groups,
         )
         loss_sum, count, metric_sums, new_obj_state = apply_objective(
             objective, stats, obj_state, micro_rng
@@ -454,6 +460,9 @@ def make_train_step(
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """``train_step`` jitted with explicit in/out shardings and the state donated.
 
+    The LM head's passes pool each batch shard's rows (``row_groups`` = the number of shards
+    of the batch's rows), so that a pass never gathers across devices.
+
     With ``lora``, ``base`` (the frozen weights, with :func:`param_shardings`) is passed to
     every call as a non-donated argument; the returned function still takes ``(state, batch)``
     and has ``.lower(state, batch)`` for inspecting the compiled step."""
@@ -466,6 +475,7 @@ def make_train_step(
         chunk_size=chunk_size,
         lora=lora,
         max_scored=max_scored,
+        row_groups=fsh.batch_shards(mesh, batch_sharding["tokens"]),
     )
 
     def traced(state, batch, *base):

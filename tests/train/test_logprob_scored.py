@@ -76,12 +76,95 @@ def test_scored_positions_match_reference(share_prefix, max_scored):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("row_groups", [1, 2, 4, 6])
+def test_pooled_rows_match_reference_on_padded_rows(row_groups):
+    # TRL's layout: one sequence a row, padded; row 0 has 40 scored positions, the others 2 to
+    # 12. Per row, a pass of 8 needs 5 passes; pooled, the group's total sets the count.
+    # row_groups=6 does not divide 4 rows: gcd(6, 4) = 2 groups.
+    rng = np.random.default_rng(3)
+    b, length = 4, 48
+    tokens = jnp.asarray(rng.integers(0, VOCAB, (b, length)))
+    predictor = jnp.broadcast_to(jnp.arange(length) - 1, (b, length))
+    mask = np.zeros((b, length), np.float32)
+    mask[0, 6:46] = 1
+    for row, (start, n) in enumerate([(3, 2), (10, 12), (20, 5)], 1):
+        mask[row, start:start + n] = -0.5 if row == 2 else 1.0
+    mask = jnp.asarray(mask)
+    k1, k2, k3 = jax.random.split(jax.random.key(4), 3)
+    hidden = jax.random.normal(k1, (b, length, D))
+    w = jax.random.normal(k2, (D, VOCAB))
+    cot = jax.random.normal(k3, (b, length))
+
+    def ours(h, w, groups):
+        out = logprobs.token_logps(h, w, tokens, predictor, chunk_size=20, loss_mask_BxL=mask,
+                                   max_scored=8, row_groups=groups)
+        return jnp.sum(out * cot), out
+
+    def ref(h, w):
+        out = _reference(h, w, tokens, predictor, mask)
+        return jnp.sum(out * cot), out
+
+    grad = jax.value_and_grad
+    (_, got), g_got = jax.jit(grad(lambda h, w: ours(h, w, row_groups), (0, 1),
+                                   has_aux=True))(hidden, w)
+    (_, want), g_want = jax.jit(grad(ref, (0, 1), has_aux=True))(hidden, w)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert np.all(np.asarray(got)[np.asarray(mask) == 0] == 0)
+    for x, y in zip(g_got, g_want):
+        np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5)
+
+
+def test_scored_order_is_a_stable_partition():
+    mask = jnp.asarray([[0, 1, 0, 0, 1, 1, 0], [1, 1, 1, 0, 0, 0, 0]], jnp.float32)
+    index, scored = logprobs.scored_order(mask)
+    np.testing.assert_array_equal(index, [[1, 4, 5, 0, 2, 3, 6], [0, 1, 2, 3, 4, 5, 6]])
+    np.testing.assert_array_equal(scored, [[1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0]])
+
+
+def test_batch_shards_counts_the_row_axes():
+    from fbjax import sharding as fsh
+
+    mesh = fsh.make_mesh(fsh.MeshConfig(shape=(1, 1, 1)), jax.devices()[:1])
+    assert fsh.batch_shards(mesh, fsh.batch_sharding(mesh, 2)) == 1
+    fake = type("M", (), {"shape": {"data": 2, "fsdp": 4, "tensor": 8}})()
+    spec = jax.sharding.PartitionSpec(("data", "fsdp"), None)
+    assert fsh.batch_shards(fake, type("S", (), {"spec": spec})()) == 8
+    assert fsh.batch_shards(fake, type("S", (), {"spec": jax.sharding.PartitionSpec("data")})()) == 2
+    assert fsh.batch_shards(fake, type("S", (), {"spec": jax.sharding.PartitionSpec()})()) == 1
+
+
 def test_one_chunk_vocabulary_matches_reference():
     # chunk >= vocab still goes through the (single-chunk) scan.
     k1, k2 = jax.random.split(jax.random.key(1))
     h, w = jax.random.normal(k1, (2, 5, D)), jax.random.normal(k2, (D, VOCAB))
     got = logprobs.chunked_logsumexp(h, w, chunk_size=8192)
     np.testing.assert_allclose(got, jax.nn.logsumexp(h @ w, axis=-1), atol=1e-5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cap,dtype", [(None, jnp.float32), (3.0, jnp.float32),
+                                       (None, jnp.bfloat16)], ids=["plain", "softcap", "bf16"])
+def test_logsumexp_gradients_match_autodiff_of_full_logits(cap, dtype):
+    # The hand-written backward (softmax per recomputed chunk) against jax.grad of the plain
+    # computation, with a cotangent per position; 37 words in chunks of 8 pad the last chunk.
+    k1, k2, k3 = jax.random.split(jax.random.key(5), 3)
+    h = jax.random.normal(k1, (3, 7, 16)).astype(dtype)
+    w = jax.random.normal(k2, (16, 37)).astype(dtype)
+    cot = jax.random.normal(k3, (3, 7))
+
+    def full(h, w):
+        z = jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+        return jnp.sum(jax.nn.logsumexp(logprobs.softcap(z, cap), axis=-1) * cot)
+
+    def ours(h, w):
+        return jnp.sum(logprobs.chunked_logsumexp(h, w, chunk_size=8, cap=cap) * cot)
+
+    got, want = jax.grad(ours, (0, 1))(h, w), jax.grad(full, (0, 1))(h, w)
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    for x, y in zip(got, want):
+        assert x.dtype == dtype
+        np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32),
+                                   atol=tol * float(np.abs(np.asarray(y, np.float32)).max()),
+                                   rtol=tol)
 
 
 def test_bf16_hidden_accumulates_in_float32():
@@ -129,13 +212,15 @@ def test_train_step_equal_with_and_without_bound():
         np.testing.assert_allclose(a, b, atol=1e-5 * float(np.abs(b).max()), rtol=1e-5)
 
 
-def test_scored_head_is_on_by_default_at_half_the_row():
+def test_scored_head_is_on_by_default_at_an_eighth_of_the_row():
     from fbjax.train.config import TrainConfig
 
-    assert TrainConfig(seq_len=1024).scored_bound == 512
-    assert TrainConfig(seq_len=1000).scored_bound == 512  # half, rounded up to 128
-    assert TrainConfig(seq_len=256).scored_bound == 128
-    assert TrainConfig(seq_len=128).scored_bound is None  # half of a row is one 128 block
+    assert TrainConfig(seq_len=1024).scored_bound == 128
+    assert TrainConfig(seq_len=1000).scored_bound == 128  # an eighth, rounded up to 32
+    assert TrainConfig(seq_len=358).scored_bound == 64
+    assert TrainConfig(seq_len=256).scored_bound == 32
+    assert TrainConfig(seq_len=128).scored_bound is None  # short rows: one plain pass
+    assert TrainConfig(seq_len=96, max_scored_tokens=32).scored_bound == 32
     assert TrainConfig(seq_len=1024, max_scored_tokens=300).scored_bound == 300
     assert TrainConfig(seq_len=1024, max_scored_tokens=2048).scored_bound is None
     assert TrainConfig(seq_len=1024, scored_head=False).scored_bound is None
@@ -164,4 +249,4 @@ def test_loop_passes_the_bound_to_the_step(monkeypatch):
     params = steplib.init_params(Decoder(config), jax.random.key(0), mesh, fsh.RULES_FSDP_TP)
     loop.train(job(config, presets.sft(), train), stream, params, mesh=mesh,
                progress=False)
-    assert seen == [128]
+    assert seen == [32]
