@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the resolved config (after every --set) and exit")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--verbose", action="store_true", help="library logs at INFO")
+    train.add_argument("--system-malloc", action="store_true",
+                       help="leave glibc's malloc as it is (by default freed memory stays in the "
+                            "process: fbjax.host_memory)")
     train.add_argument("--coordinator", default=None,
                        help="multi-host: coordinator address host:port (auto on TPU pods/Slurm)")
     train.add_argument("--num-processes", type=int, default=None)
@@ -104,6 +107,10 @@ def _bad_input() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(getattr(args, "verbose", False))
+    if args.command in ("train", "eval") and not getattr(args, "system_malloc", False):
+        from fbjax.host_memory import keep_freed_memory
+
+        keep_freed_memory()  # before JAX starts its threads (fbjax.host_memory)
     try:
         return args.func(args)
     except _bad_input() as e:

@@ -439,6 +439,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, default=None, help="default: newest complete step")
     p.add_argument("--out", required=True, help="JSON report path")
     p.add_argument("--plot", default=None, help="plot path (default: the --out path, .png)")
+    p.add_argument("--system-malloc", action="store_true",
+                   help="leave glibc's malloc as it is (fbjax.host_memory)")
     p.add_argument("--data", default=None, help="JSONL of prompt[, chosen, rejected]")
     p.add_argument("--reference", default=None, help="reference run / checkpoint directory")
     p.add_argument("--reference-step", type=int, default=None)

@@ -2,7 +2,8 @@
 
 Layers, bottom to top (``docs/architecture.md`` says what each holds):
 
-0. ``objectives`` (pure losses), ``sharding``, ``distributed``, ``checkpoint`` (Orbax, no fbjax)
+0. ``objectives`` (pure losses), ``sharding``, ``distributed``, ``checkpoint`` (Orbax, no fbjax),
+   ``host_memory`` (the C allocator's settings)
 1. ``models``, ``tokenizers``
 2. ``data``
 3. ``sim``
@@ -24,7 +25,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "fbjax"
 
 LAYERS = (
-    ("objectives", "sharding", "distributed", "checkpoint"),
+    ("objectives", "sharding", "distributed", "checkpoint", "host_memory"),
     ("models", "tokenizers"),
     ("data",),
     ("sim",),

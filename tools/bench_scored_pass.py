@@ -4,8 +4,8 @@
 
 The same model, batch and objective as ``tools/bench_vs_trl.py`` (its ``FbjaxStep``), without
 TRL in the process. ``--passes``: positions a row per LM-head pass (``train.max_scored_tokens``);
-0 is training's default (half the row), a value at least the row length is one plain pass over
-every position. Prints each row's scored positions, the first step's loss per pass size (they
+0 is training's default (an eighth of the row), a value at least the row length is one plain
+pass over every position. Prints each row's scored positions, the first step's loss per pass size (they
 compute the same values) and the median and fastest step time over ``--reps``.
 """
 
@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
     p.add_argument("--reps", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer-cache", default=None)
-    args = p.parse_args(argv)
+    args = bench_alternate.parse_args(p, argv)
     groups, vocab = bench_vs_trl.load_batch(args)
     model_dir = tempfile.mkdtemp()
     bench_vs_trl.make_hf_model(args, vocab, model_dir)

@@ -16,9 +16,9 @@ What is held equal:
 * **objective**: sigmoid DPO, beta 0.1, summed completion log-probs, reference = the initial
   model, AdamW with global-norm clipping at 1.0, float32, no gradient checkpointing, dropout off.
 
-Every fbjax step uses training's default LM head at scored positions (passes of half the row,
-``TrainConfig.scored_bound``), or ``--max-scored`` positions a row per pass; TRL's fused head
-likewise projects only the labelled positions.
+Every fbjax step uses training's default LM head at scored positions (passes of an eighth of
+the row, ``TrainConfig.scored_bound``), or ``--max-scored`` positions a row per pass; TRL's
+fused head likewise projects only the labelled positions.
 
 Five steps are timed, one of each per repetition, in turn:
 
@@ -282,8 +282,8 @@ class FbjaxStep:
             reference_params=None if cached else params)
         bsh = steplib.batch_shardings(mesh, self.batch)
         self.device_batch = {k: jax.device_put(v, bsh[k]) for k, v in self.batch.items()}
-        # fbjax's training default: the LM head at scored positions, passes of half the row;
-        # --max-scored sets the pass (train.max_scored_tokens), same values.
+        # fbjax's training default: the LM head at scored positions, passes of an eighth of
+        # the row; --max-scored sets the pass (train.max_scored_tokens), same values.
         self.max_scored = TrainConfig(seq_len=self.batch["tokens"].shape[1],
                                       max_scored_tokens=args.max_scored).scored_bound
         self.step = steplib.make_train_step(
@@ -336,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    help="also time trl_best under bf16 autocast (bf16=True; float32 weights)")
     p.add_argument("--tokenizer-cache", default=None)
     p.add_argument("--out", default=None)
-    args = p.parse_args(argv)
+    args = bench_alternate.parse_args(p, argv)
 
     import torch
     import transformers
@@ -418,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "versions": {"jax": jax.__version__, "torch": torch.__version__,
                      "transformers": transformers.__version__, "trl": trl.__version__},
         "torch_threads": torch.get_num_threads(),
+        "malloc_kept_freed_memory": args.malloc_tuned,
         "cpus": os.cpu_count(),
     }
     bench_alternate.report(result, peer='TRL', reps=args.reps, out=args.out, ref_width=29)

@@ -235,7 +235,7 @@ def parse(argv):
                    help="only write the checkpoint to --model-dir (run by --torch-python)")
     p.add_argument("--tokenizer-cache", default=None)
     p.add_argument("--out", default=None)
-    args = p.parse_args(argv)
+    args = bench_alternate.parse_args(p, argv)
     if args.warmup < 2 and not args.make_model:
         # Tunix's jitted step compiles on its first call and again on its second (measured: its
         # jit cache holds two entries after two calls), so timing may start at the third.
@@ -303,6 +303,7 @@ def run(args, groups) -> dict:
         "losses": losses,
         "versions": {"jax": jax.__version__, "google-tunix": version("google-tunix"),
                      "flax": version("flax"), "optax": version("optax")},
+        "malloc_kept_freed_memory": args.malloc_tuned,
         "cpus": os.cpu_count(),
     }
     bench_alternate.report(result, peer='Tunix', reps=args.reps, out=args.out, ref_width=10)
