@@ -8,6 +8,7 @@ Workdir layout::
     <workdir>/<stage>/history.jsonl    its logged metrics, one line per log step
     <workdir>/<stage>/pool.json        a sample stage's pool (written whole or not at all)
     <workdir>/<stage>/<policy>.json    an evaluation stage's result for one policy
+                                       (<policy>.<digest>.json under a StageEval of its own)
     <workdir>/summary.json, results.json, reward_vs_kl.png
 
 Running the same command again continues where the last run stopped: a training stage resumes
@@ -21,6 +22,7 @@ restored parameters.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import json
 import logging
@@ -475,6 +477,17 @@ def _cached(path: str, compute):
     return value
 
 
+def eval_cache_name(stage_name: str, ev: StageEval) -> str:
+    """The file holding one trained stage's evaluation: keyed by how it is evaluated as well as
+    by the stage, so that evaluating a finished stage under another prompt computes the new
+    numbers instead of reading back the old ones. The default evaluation keeps the plain name."""
+    record = to_jsonable(ev)
+    if record == to_jsonable(StageEval()):
+        return f"{stage_name}.json"
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{stage_name}.{digest}.json"
+
+
 def eval_stage(ctx: Run, stage: EvalStage) -> EvalResult:
     """Each training stage after the baseline, sampled on held-out prompts and graded."""
     task = _task(ctx, stage)
@@ -513,7 +526,7 @@ def eval_stage(ctx: Run, stage: EvalStage) -> EvalResult:
                 metrics["reward_before_same_prompt"] = same["reward"]
             return metrics
 
-        metrics = _cached(os.path.join(out_dir, f"{s.name}.json"), compute)
+        metrics = _cached(os.path.join(out_dir, eval_cache_name(s.name, ev)), compute)
         rows.append({
             "method": s.name, "family": s.family, "feedback": s.feedback,
             "examples": trained.examples, "reward_before": base_metrics["reward"],
