@@ -22,14 +22,15 @@ at inference it conditions on the good token. It needs no ground-truth programs.
   token after the reward token, and pretraining text is mixed in 1:1; the sim's stand-in for
   pretraining text is as many fresh demonstrations from the SFT stage's demonstrator
   (``sim_feedback.with_demonstrations``, slot field ``pretraining``).
-* Why LeTI does not gain on the simulator (3 seeds, SFT starts .486 / .474 / .487, 360 steps at
-  1e-3): with the paper's loss the policy ends at .415 / .441 / .400 under the good token
-  (-.064 +- .028; without the pretraining mix .349 / .396 / .376). The sim's answers are a few
+* Why LeTI does not gain on the simulator (3 seeds, SFT starts .486 / .475 / .475, 360 steps at
+  1e-3): with the paper's loss the policy ends at .338 / .451 / .378 under the good token
+  (-.090 +- .063; at the previous revision .415 / .441 / .400, and without the pretraining mix
+  .349 / .396 / .376). The sim's answers are a few
   digits, while a critique of a badly wrong answer runs to ~200 tokens: answers are 7% of the
   trained tokens of the seed-0 pool (42,560 of 603,394), so the reward-token-conditioned answer
   the evaluation samples gets 7% of the gradient. Trained on the answers alone
   (``leti_sequences(..., train_on_context=False)``, same data, no pretraining mix) the same runs
-  reach .640 / .635 / .628 (+.152 on average). A program is many tokens, so on code the share is
+  reach .679 / .675 / .604 (+.174 on average; .640 / .635 / .628 at the previous revision). A program is many tokens, so on code the share is
   larger (not measured here). The ``sim`` variant keeps the paper's loss.
 * Compute (``paper``): per iteration, sampling programs for the 374 MBPP training problems and
   running them, then 12 steps of 128 rows of 512 tokens.
