@@ -107,7 +107,7 @@ def _bad_input() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(getattr(args, "verbose", False))
-    if args.command in ("train", "eval") and not getattr(args, "system_malloc", False):
+    if args.command in ("train", "eval") and not args.system_malloc:
         from fbjax.host_memory import keep_freed_memory
 
         keep_freed_memory()  # before JAX starts its threads (fbjax.host_memory)

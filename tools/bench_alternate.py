@@ -99,13 +99,10 @@ def report(result: dict, *, peer: str, reps: int, out: str | None, ref_width: in
 def parse_args(p, argv):
     """``p.parse_args(argv)``, then the process's malloc set as ``--system-malloc`` says, before
     any library starts its threads."""
-    args = p.parse_args(argv)
-    if not args.system_malloc:
-        from fbjax.host_memory import keep_freed_memory
+    from fbjax.host_memory import keep_freed_memory
 
-        args.malloc_tuned = keep_freed_memory()
-    else:
-        args.malloc_tuned = False
+    args = p.parse_args(argv)
+    args.malloc_tuned = not args.system_malloc and keep_freed_memory()
     return args
 
 

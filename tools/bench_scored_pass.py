@@ -5,8 +5,8 @@
 The same model, batch and objective as ``tools/bench_vs_trl.py`` (its ``FbjaxStep``), without
 TRL in the process. ``--passes``: positions a row per LM-head pass (``train.max_scored_tokens``);
 0 is training's default (an eighth of the row), a value at least the row length is one plain
-pass over every position. Prints each row's scored positions, the first step's loss per pass size (they
-compute the same values) and the median and fastest step time over ``--reps``.
+pass over every position. Prints each row's scored positions, the first step's loss per pass
+size (they compute the same values) and the median and fastest step time over ``--reps``.
 """
 
 from __future__ import annotations

@@ -50,9 +50,10 @@ def _vocab_chunks(w_DxV: Array, chunk_size: int) -> tuple[Array, Array]:
     return w, valid
 
 
-def _chunk_logits(hidden_NxD: Array, w_chunk: Array, cap: float | None) -> Array:
-    return softcap(jnp.einsum("nd,dv->nv", hidden_NxD, w_chunk.astype(hidden_NxD.dtype),
-                              preferred_element_type=jnp.float32), cap)
+def _chunk_raw_logits(hidden_NxD: Array, w_chunk: Array) -> Array:
+    """One chunk's logits before soft-capping: the hidden states' dtype in, float32 out."""
+    return jnp.einsum("nd,dv->nv", hidden_NxD, w_chunk.astype(hidden_NxD.dtype),
+                      preferred_element_type=jnp.float32)
 
 
 def _lse_forward(hidden_NxD: Array, w_DxV: Array, chunk_size: int, cap: float | None) -> Array:
@@ -61,7 +62,8 @@ def _lse_forward(hidden_NxD: Array, w_DxV: Array, chunk_size: int, cap: float | 
     def step(carry, xs):
         run_max, run_sum = carry
         w_chunk, valid_chunk = xs
-        logits = jnp.where(valid_chunk, _chunk_logits(hidden_NxD, w_chunk, cap), -jnp.inf)
+        logits = jnp.where(valid_chunk, softcap(_chunk_raw_logits(hidden_NxD, w_chunk), cap),
+                           -jnp.inf)
         m = jnp.max(logits, axis=-1)
         s = jnp.sum(jnp.exp(logits - m[..., None]), axis=-1)
         new_max = jnp.maximum(run_max, m)
@@ -94,8 +96,7 @@ def _lse_bwd(chunk_size, cap, res, g_N):
 
     def step(dh, xs):
         w_chunk, valid_chunk = xs
-        raw = jnp.einsum("nd,dv->nv", hidden, w_chunk.astype(hidden.dtype),
-                         preferred_element_type=jnp.float32)
+        raw = _chunk_raw_logits(hidden, w_chunk)
         logits = softcap(raw, cap)
         dz = jnp.where(valid_chunk, jnp.exp(logits - lse[:, None]), 0.0) * g[:, None]
         if cap is not None:
