@@ -15,8 +15,8 @@ jitted ``make_train_step`` with sigmoid DPO and the reference forward in the ste
    attention with the LM head at every position (the step before this change), blockwise
    attention, and blockwise with the head at scored positions only (``max_scored``). Dense is
    skipped above ``--dense-max`` tokens (it needs tens of GiB).
-2. **Time per token** at each ``--time-lengths`` (one row each), ``auto`` attention (dense up to
-   one block, blockwise beyond) against dense (``--time-impls``), all cases stepped in turn,
+2. **Time per token** at each ``--time-lengths`` (one row each), ``auto`` attention (``sparse``
+   on CPU) against dense (``--time-impls``), all cases stepped in turn,
    median of ``--steps``.
 3. **The scored-position head** on a packed batch (``--head-rows`` x ``--head-len``): FLOPs of
    the compiled step (``cost_analysis()``) and step time, with and without ``max_scored``.
@@ -135,7 +135,10 @@ def memory_section(groups, args, out):
         scored = int((batch["loss_mask"] != 0).sum())
         bound = logprobs.max_scored_bound(batch["loss_mask"])
         variants = [("blockwise", AttentionImpl.BLOCKWISE, None),
-                    ("blockwise+scored head", AttentionImpl.BLOCKWISE, bound)]
+                    ("blockwise+scored head", AttentionImpl.BLOCKWISE, bound),
+                    ("sparse", AttentionImpl.SPARSE, None),
+                    ("sparse+scored head", AttentionImpl.SPARSE, bound)]
+        variants = [v for v in variants if v[1].value in args.impls]
         if length <= args.dense_max:
             variants.insert(0, ("dense (before)", AttentionImpl.DENSE, None))
         for name, impl, max_scored in variants:
@@ -147,13 +150,14 @@ def memory_section(groups, args, out):
                                   "variant": name, "max_scored": max_scored,
                                   "temp_bytes": int(temp), "compile_s": compile_s})
     rows = {(r["tokens"], r["variant"]): r["temp_bytes"] for r in out["memory"]}
-    for variant in ("blockwise", "blockwise+scored head", "dense (before)"):
+    for variant in ("blockwise", "blockwise+scored head", "sparse", "sparse+scored head",
+                    "dense (before)"):
         a, b = rows.get((2048, variant)), rows.get((8192, variant))
         if a and b:
             print(f"8k / 2k temporaries, {variant}: {b / a:.2f}x")
             out["ratios"][f"temp_8k_over_2k/{variant}"] = b / a
     big = max(args.lengths)
-    for variant in ("blockwise", "blockwise+scored head"):
+    for variant in ("blockwise", "blockwise+scored head", "sparse", "sparse+scored head"):
         if (big, variant) in rows:
             print(f"{big} tokens, {variant}: {rows[(big, variant)] / GiB:.2f} GiB of temporaries")
 
@@ -231,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--dense-max", type=int, default=8192)
     p.add_argument("--time-lengths", default="512,8192")
     p.add_argument("--time-impls", default="auto,dense", help="attention_impl values to time")
+    p.add_argument("--impls", default="blockwise,sparse",
+                   help="attention_impl values whose temporaries are compiled (besides dense)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--head-rows", type=int, default=4)
     p.add_argument("--head-len", type=int, default=1024)
@@ -242,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.time_lengths = [int(x) for x in args.time_lengths.split(",")]
     args.time_impls = args.time_impls.split(",")
+    args.impls = args.impls.split(",")
     groups, _ = report_padding.hh_groups(args.data, vocab_size=args.vocab, max_len=args.max_len,
                                          tokenizer_cache=args.tokenizer_cache)
     rng = np.random.default_rng(0)

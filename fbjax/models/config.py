@@ -120,12 +120,15 @@ class AttentionImpl(str, enum.Enum):
     AUTO = "auto"  # a kernel on TPU/GPU where it covers the mask, else blockwise (dense if short)
     DENSE = "dense"  # the reference: [B, H, T, S] scores, memory quadratic in the row length
     BLOCKWISE = "blockwise"  # online softmax over live key blocks, memory linear in the row
+    # the live (row, query block, key block) triples gathered into one batched product
+    SPARSE = "sparse"
 
 
 # Settings that change how a model is trained or computed, not which weights it has: not part of
 # a checkpoint's architecture (compared with an experiment's, or written to a Hugging Face config).
 TRAINING_ONLY_FIELDS = ("dtype", "param_dtype", "remat", "init_std", "attention_impl",
-                        "attention_block_size", "add_router_aux_loss")
+                        "attention_block_size", "attention_sparse_block_size",
+                        "add_router_aux_loss")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -186,6 +189,8 @@ class ModelConfig:
     # Query/key block of the blockwise path (and the kernels); rows up to this long use dense
     # attention under "auto".
     attention_block_size: int = 512
+    # Block of the gathered (sparse) path, the default on CPU.
+    attention_sparse_block_size: int = 64
     dtype: str = "float32"
     param_dtype: str = "float32"
     # "none" | "block" (checkpoint each decoder block) | "dots" (save matmul outputs only).
@@ -250,11 +255,10 @@ class ModelConfig:
                 f"model.num_heads={self.num_heads} must be a multiple of "
                 f"model.num_kv_heads={self.num_kv_heads}"
             )
-        if self.attention_block_size < 8 or self.attention_block_size % 8:
-            raise ValueError(
-                f"model.attention_block_size={self.attention_block_size} must be a positive "
-                "multiple of 8"
-            )
+        for key in ("attention_block_size", "attention_sparse_block_size"):
+            size = getattr(self, key)
+            if size < 8 or size % 8:
+                raise ValueError(f"model.{key}={size} must be a positive multiple of 8")
         if self.num_experts < 0 or (
                 self.num_experts and not 1 <= self.experts_per_token <= self.num_experts):
             raise ValueError(

@@ -1,4 +1,5 @@
-"""Blockwise attention equals the dense reference, values and gradients, on real layouts.
+"""Blockwise and gathered (sparse) attention equal the dense reference, values and gradients,
+on real layouts.
 
 Rows come from ``fbjax.data.packing`` (several examples per row, and prefix-shared rows where
 two completions read one prompt copy), so the mask exercises segments, padding and the branch
@@ -42,14 +43,15 @@ def _qkv(b, t, seed=0):
     return q, k, v, w
 
 
-def _value_and_grads(impl, rows, *, window, softcap, block):
+def _value_and_grads(impl, rows, *, window, softcap, block, sparse_block=128):
     b, t = rows["segment_ids"].shape
     q, k, v, w = _qkv(b, t)
     real = (rows["segment_ids"] > 0)[..., None, None]  # padding queries are read by nothing
 
     def f(q, k, v):
         out = attention.attend(q, k, v, **rows, scale=0.35, sliding_window=window,
-                               softcap=softcap, implementation=impl, block_size=block)
+                               softcap=softcap, implementation=impl, block_size=block,
+                               sparse_block_size=sparse_block)
         return jnp.sum(jnp.where(real, out * w, 0.0)), out
 
     (_, out), grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))(q, k, v)
@@ -71,6 +73,61 @@ def test_blockwise_matches_dense(share_prefix, window, softcap):
         np.testing.assert_allclose(out, dense_out, atol=1e-5, rtol=1e-5)
         for g, ref in zip(grads, dense_grads):
             np.testing.assert_allclose(g, ref, atol=1e-5, rtol=1e-5)
+
+
+def _assert_close(got, want):
+    out, grads = got
+    np.testing.assert_allclose(out, want[0], atol=1e-5, rtol=1e-5)
+    for g, ref in zip(grads, want[1]):
+        np.testing.assert_allclose(g, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("share_prefix", [False, True], ids=["packed", "prefix_shared"])
+@pytest.mark.parametrize(
+    "window,softcap", [(None, None), (5, None), (None, 2.0), (7, 1.5)],
+    ids=["causal", "window", "softcap", "window_softcap"],
+)
+def test_sparse_matches_dense(share_prefix, window, softcap):
+    rows = _rows(share_prefix, seq_len=60)  # not a multiple of the blocks: padded invisibly
+    dense = _value_and_grads(AttentionImpl.DENSE, rows, window=window, softcap=softcap, block=512)
+    for sparse_block in (8, 16):
+        _assert_close(_value_and_grads(AttentionImpl.SPARSE, rows, window=window,
+                                       softcap=softcap, block=16, sparse_block=sparse_block),
+                      dense)
+
+
+def test_sparse_past_its_capacity_takes_the_blockwise_path(monkeypatch):
+    rows = _rows(True, seq_len=60)
+    b, n = rows["segment_ids"].shape[0], 64 // 8
+    live = attention._live_pairs(
+        *(jnp.pad(rows[k], ((0, 0), (0, 4))) for k in ("segment_ids", "branch_ids",
+                                                       "positions")), 8, None)
+    # Scores of 10 pairs of 8x8 blocks, 4 heads: fewer than the live pairs, so the call must
+    # go past every capacity to the blockwise path (16-token blocks there).
+    monkeypatch.setattr(attention, "SPARSE_SCORE_BYTES", 10 * H * 8 * 8 * 4)
+    caps = attention._capacities(b, n, H, 8)
+    assert max(caps) == 10 < int(live.sum())
+    dense = _value_and_grads(AttentionImpl.DENSE, rows, window=3, softcap=2.0, block=512)
+    _assert_close(_value_and_grads(AttentionImpl.SPARSE, rows, window=3, softcap=2.0, block=16,
+                                   sparse_block=8), dense)
+
+
+def test_capacities_fall_geometrically_from_the_causal_pairs_or_the_bounds():
+    # 2 rows of 4 blocks: 20 causal pairs; levels 20/1.5^l rounded up, l = 0..5.
+    assert attention._capacities(2, 4, 4, 128) == [3, 4, 6, 9, 14, 20]
+    big = attention._capacities(8, 64, 32, 128)  # 16,640 causal pairs; 512 MiB of scores
+    assert big[-1] == attention.SPARSE_SCORE_BYTES // (32 * 128 * 128 * 4) == 256
+    long = attention._capacities(1, 512, 2, 64)  # 131,328 causal pairs, 16,384 by bytes
+    assert long[-1] == 512 * attention.SPARSE_KEY_BLOCKS == 8192
+
+
+def test_live_pairs_are_per_row_and_blind_to_padding():
+    # Row 0: one segment of 5 tokens, then padding; row 1: segments 1 and 2, block 4.
+    seg = jnp.array([[1] * 5 + [0] * 7, [1] * 4 + [2] * 8])
+    zeros = jnp.zeros_like(seg)
+    live = np.asarray(attention._live_pairs(seg, zeros, zeros, 4, None))
+    np.testing.assert_array_equal(live[0], [[1, 0, 0], [1, 1, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(live[1], [[1, 0, 0], [0, 1, 0], [0, 1, 1]])
 
 
 def test_row_not_a_multiple_of_the_block_is_padded_invisibly():
@@ -104,13 +161,14 @@ def test_live_blocks_skip_other_segments_and_branches():
     np.testing.assert_array_equal(live_2, expected)
 
 
-def test_decoder_blockwise_matches_dense():
+def test_decoder_blockwise_and_sparse_match_dense():
     rows = _rows(True)
     tokens = jnp.asarray(np.random.default_rng(0).integers(1, 64, rows["segment_ids"].shape))
     cot = jax.random.normal(jax.random.key(1), (*tokens.shape, 32))  # a fixed cotangent
     outs, grads = [], []
-    for impl in (AttentionImpl.DENSE, AttentionImpl.BLOCKWISE):
-        model = Decoder(tiny_llama(attention_impl=impl, attention_block_size=16))
+    for impl in (AttentionImpl.DENSE, AttentionImpl.BLOCKWISE, AttentionImpl.SPARSE):
+        model = Decoder(tiny_llama(attention_impl=impl, attention_block_size=16,
+                                   attention_sparse_block_size=8))
         params = model.init(jax.random.key(0), tokens, rows["positions"], rows["segment_ids"],
                             rows["branch_ids"])
 
@@ -122,10 +180,13 @@ def test_decoder_blockwise_matches_dense():
         (_, h), g = jax.jit(jax.value_and_grad(f, has_aux=True))(params)
         outs.append(h)
         grads.append(g)
-    np.testing.assert_allclose(outs[1], outs[0], atol=1e-5, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(grads[1]), jax.tree.leaves(grads[0])):
-        # float32 sums in another order: errors scale with the leaf's largest entry (~30 here).
-        np.testing.assert_allclose(a, b, atol=1e-5 * float(np.abs(b).max()), rtol=1e-5)
+    real = (rows["segment_ids"] > 0)[..., None]
+    for h, g in zip(outs[1:], grads[1:]):
+        np.testing.assert_allclose(jnp.where(real, h, 0), jnp.where(real, outs[0], 0),
+                                   atol=1e-5, rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(grads[0])):
+            # float32 sums in another order: errors scale with the leaf's largest entry (~30).
+            np.testing.assert_allclose(a, b, atol=1e-5 * float(np.abs(b).max()), rtol=1e-5)
 
 
 def test_kernels_match_dense_in_interpret_mode():

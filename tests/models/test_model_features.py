@@ -103,3 +103,33 @@ def test_longrope_frequencies_by_hand():
     np.testing.assert_allclose(short, base / np.array([1, 2, 4, 8]), rtol=1e-7)
     np.testing.assert_allclose(long, base / np.array([2, 4, 8, 16]), rtol=1e-7)
     assert original == 8 and abs(attention - 2 ** 0.5) < 1e-12
+
+
+@pytest.mark.parametrize("in_features,features", [((8,), (2, 4)), ((2, 4), (8,))],
+                         ids=["q_like", "o_like"])
+def test_dense_with_multi_dim_kernel_equals_the_einsum(in_features, features):
+    """Dense multiplies by a [embed, heads, head_dim] (or [heads, head_dim, embed]) kernel as one
+    flat matrix; values and gradients equal the plain einsum over the named dims."""
+    from fbjax.models.decoder import Dense
+
+    cfg = mc.ModelConfig(vocab_size=8, hidden_size=8, num_layers=1, num_heads=2, mlp_dim=8)
+    layer = Dense(cfg, in_features, features, ("a",) * (len(in_features) + len(features)), False)
+    x = jax.random.normal(jax.random.key(0), (3, 5, *in_features))
+    params = layer.init(jax.random.key(1), x)
+    kernel = params["params"]["kernel"].unbox()
+    n = len(in_features)
+    spec = "abcd"[:n]
+    out_spec = "wxyz"[:len(features)]
+    ref = f"...{spec},{spec}{out_spec}->...{out_spec}"
+    cot = jax.random.normal(jax.random.key(2), (3, 5, *features))
+
+    def loss(kernel, x, fn):
+        return jnp.sum(fn(kernel, x) * cot)
+
+    got = jax.grad(loss, argnums=(0, 1))(
+        kernel, x, lambda k, x: layer.apply({"params": {"kernel": k}}, x))
+    want = jax.grad(loss, argnums=(0, 1))(kernel, x, lambda k, x: jnp.einsum(ref, x, k))
+    np.testing.assert_allclose(layer.apply({"params": {"kernel": kernel}}, x), jnp.einsum(ref, x, kernel), rtol=1e-5,
+                               atol=1e-6)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
