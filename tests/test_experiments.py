@@ -336,8 +336,8 @@ def test_readme_table_has_a_sim_result_for_every_module():
     for name in MODULE_NAMES:
         row = [r for r in rows if f"`experiments/{name}.py`" in r]
         assert len(row) == 1, name
-        # three seeds of "SFT -> after"
-        assert len(re.findall(r"\.\d{3}->\.\d{3}", row[0])) == 3, row[0]
+        # three seeds of "SFT -> after" (a reward of 1 prints as 1.000)
+        assert len(re.findall(r"1?\.\d{3}->1?\.\d{3}", row[0])) == 3, row[0]
 
 
 @pytest.mark.slow
