@@ -28,10 +28,11 @@ Implementations (:class:`fbjax.models.config.AttentionImpl`):
   and runs its pairs one at a time. The number of gathered pairs is static: a ``lax.switch``
   picks the smallest of a few capacities that holds the live pairs, and past the largest (whose
   scores stay under ``SPARSE_SCORE_BYTES`` and average ``SPARSE_KEY_BLOCKS`` key blocks a query
-  block) the call takes the blockwise path, so memory stays linear in the row. Padding queries (segment 0) output zeros. On the 64 x 358 padded HH-RLHF
-  batch (4 heads, 2 KV heads, head dim 64) forward and backward took 0.22 s against 0.51 s
-  dense; on the same pairs packed into 6 x 1024 rows 0.15 s against 0.33 s blockwise
-  (``docs/performance.md``).
+  block) the call takes the blockwise path, so memory stays linear in the row. Padding queries
+  (segment 0) output zeros. On the 64 x 358 padded HH-RLHF batch (4 heads, 2 KV heads, head dim
+  64) forward and backward took 0.28 s against 0.98 s dense; on the same pairs packed into
+  6 x 1024 rows 0.17 s against 0.41 s blockwise (``tools/bench_attention_cpu.py``,
+  ``docs/performance.md``).
 * ``auto``: a kernel where one covers the mask; else on CPU ``sparse`` (``dense`` on rows of at
   most two of its blocks), and on other backends ``blockwise`` (``dense`` on rows no longer
   than one block). ``sparse`` has not been measured on an accelerator, so it is not their
