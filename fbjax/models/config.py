@@ -117,7 +117,9 @@ class RopeScaling:
 class AttentionImpl(str, enum.Enum):
     """How attention is computed (``fbjax.models.attention``); all give the same values."""
 
-    AUTO = "auto"  # a kernel on TPU/GPU where it covers the mask, else blockwise (dense if short)
+    # a kernel on TPU/GPU where it covers the mask; else sparse on CPU, blockwise elsewhere
+    # (dense on short rows)
+    AUTO = "auto"
     DENSE = "dense"  # the reference: [B, H, T, S] scores, memory quadratic in the row length
     BLOCKWISE = "blockwise"  # online softmax over live key blocks, memory linear in the row
     # the live (row, query block, key block) triples gathered into one batched product
@@ -186,8 +188,8 @@ class ModelConfig:
     # Which layers use ``sliding_window`` (one bool per layer); None: every layer, when set.
     sliding_layers: tuple[bool, ...] | None = None
     attention_impl: AttentionImpl = AttentionImpl.AUTO
-    # Query/key block of the blockwise path (and the kernels); rows up to this long use dense
-    # attention under "auto".
+    # Query/key block of the blockwise path (and the kernels); under "auto", rows up to this
+    # long use dense attention on accelerators where no kernel covers the mask.
     attention_block_size: int = 512
     # Block of the gathered (sparse) path, the default on CPU.
     attention_sparse_block_size: int = 64
