@@ -566,12 +566,13 @@ def _sparse_fwd(q, k, v, seg, br, pos, scale, softcap, window, block, fallback_b
 
     out, lse = jax.lax.switch(which, [gathered(c) for c in caps] + [fallback],
                               q, k, v, seg, br, pos, live)
-    return out, (q, k, v, seg, br, pos, out, lse)
+    return out, (q, k, v, seg, br, pos, live, which, out, lse)
 
 
 def _sparse_bwd(scale, softcap, window, block, fallback_block, res, dout):
-    q, k, v, seg, br, pos, out, lse = res
-    live, caps, which = _sparse_plan(q, seg, br, pos, block, window)
+    # The forward's live pairs and branch: the backward takes the path the forward took.
+    q, k, v, seg, br, pos, live, which, out, lse = res
+    caps = _capacities(q.shape[0], q.shape[1] // block, q.shape[2], block)
     opts = dict(scale=scale, softcap=softcap, window=window)
 
     def gathered(capacity):
