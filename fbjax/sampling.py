@@ -352,8 +352,7 @@ def generate(
     batch = len(rows)
     padded_batch = batch
     if mesh is not None:
-        shards = mesh.shape["data"] * mesh.shape["fsdp"]
-        padded_batch = _round_up(batch, shards)
+        padded_batch = _round_up(batch, fsh.batch_devices(mesh))
     prompt_len = _round_up(longest, config.prompt_bucket)
     tokens = np.full((padded_batch, prompt_len), config.pad_id, np.int32)
     mask = np.zeros((padded_batch, prompt_len), np.int32)

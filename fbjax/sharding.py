@@ -127,6 +127,11 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+def batch_devices(mesh: Mesh) -> int:
+    """How many pieces the batch axes cut the rows into (rows must be a multiple of it)."""
+    return batch_shards(mesh, batch_sharding(mesh, 1))
+
+
 def batch_shards(mesh: Mesh, sharding: NamedSharding) -> int:
     """How many pieces ``sharding`` cuts an array's first dimension (its rows) into."""
     spec = sharding.spec[0] if len(sharding.spec) else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import jax
@@ -11,7 +10,7 @@ from fbjax.data import packing
 from fbjax.data.batching import BatchSpec, BatchStream
 from fbjax.models.config import ModelConfig
 from fbjax.models.hf import check_sequence_length
-from fbjax.sharding import BATCH_AXES
+from fbjax.sharding import batch_devices
 from fbjax.train import loop
 from fbjax.train.config import TrainConfig, TrainJob
 from fbjax.train.reference import Truncation
@@ -31,7 +30,7 @@ def batch_stream(train: TrainConfig, model: ModelConfig, groups: Sequence[packin
     if train.batch % processes:
         raise ValueError(f"train.batch={train.batch} must divide over {processes} processes")
     if mesh is not None:
-        devices = math.prod(mesh.shape[a] for a in BATCH_AXES)
+        devices = batch_devices(mesh)
         if train.batch % devices:
             raise ValueError(f"train.batch={train.batch} rows must divide over the {devices} "
                              f"devices of the mesh's batch axes {dict(mesh.shape)}")
