@@ -20,3 +20,22 @@ def test_another_prompt_is_another_cache_file():
     assert first.startswith("SAMI.") and first.endswith(".json") and first != "SAMI.json"
     # The same evaluation, built again, finds its cache.
     assert first == eval_cache_name("SAMI", StageEval(prompt=sim_feedback.sami_rendering(0)))
+
+
+def test_another_evaluation_sampling_or_prompt_count_is_another_cache_file():
+    import dataclasses
+
+    from fbjax.run.config import EvalStage
+
+    plain = eval_cache_name("SAMI", StageEval(), EvalStage())
+    assert plain == "SAMI.json"
+    # The evaluation stage's name says where its files live, not how it evaluates.
+    assert eval_cache_name("SAMI", StageEval(), EvalStage(name="eval_again")) == plain
+    default = EvalStage()
+    greedy = dataclasses.replace(default, sampling=dataclasses.replace(default.sampling,
+                                                                        temperature=0.0))
+    names = {plain,
+             eval_cache_name("SAMI", StageEval(), greedy),
+             eval_cache_name("SAMI", StageEval(), dataclasses.replace(default, num_prompts=64)),
+             eval_cache_name("SAMI", StageEval(), dataclasses.replace(default, baseline="pre"))}
+    assert len(names) == 4

@@ -477,11 +477,16 @@ def _cached(path: str, compute):
     return value
 
 
-def eval_cache_name(stage_name: str, ev: StageEval) -> str:
-    """The file holding one trained stage's evaluation: keyed by how it is evaluated as well as
-    by the stage, so that evaluating a finished stage under another prompt computes the new
-    numbers instead of reading back the old ones. The default evaluation keeps the plain name."""
+def eval_cache_name(stage_name: str, ev: StageEval, stage: EvalStage = EvalStage()) -> str:
+    """The file holding one trained stage's evaluation: keyed by how it is evaluated (the
+    stage's own prompt, and the evaluation's prompts, baseline and sampling) as well as by the
+    stage, so that evaluating a finished stage another way computes the new numbers instead of
+    reading back the old ones. The default evaluation keeps the plain name."""
     record = to_jsonable(ev)
+    how = to_jsonable(dataclasses.replace(stage, name=EvalStage().name))
+    if how != to_jsonable(EvalStage()):
+        # Only then, so that the caches of workdirs evaluated the default way keep their names.
+        record = {"stage": record, "eval": how}
     if record == to_jsonable(StageEval()):
         return f"{stage_name}.json"
     digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12]
@@ -526,7 +531,7 @@ def eval_stage(ctx: Run, stage: EvalStage) -> EvalResult:
                 metrics["reward_before_same_prompt"] = same["reward"]
             return metrics
 
-        metrics = _cached(os.path.join(out_dir, eval_cache_name(s.name, ev)), compute)
+        metrics = _cached(os.path.join(out_dir, eval_cache_name(s.name, ev, stage)), compute)
         rows.append({
             "method": s.name, "family": s.family, "feedback": s.feedback,
             "examples": trained.examples, "reward_before": base_metrics["reward"],
