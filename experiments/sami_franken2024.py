@@ -11,8 +11,11 @@ diagonal, a lower bound on the conditional mutual information between constituti
 * ``paper``: Mistral-7B (base) on single-turn dialogue (Anthropic HH prompts) with constitutions
   written by a stronger model; the paper also runs TL;DR summarisation and Mixtral-8x7B. Three
   iterations as one online stage of 3 rounds (:class:`~fbjax.run.config.OnlineStage`): each
-  round samples one response per query under each constitution from the current policy
-  (``online_records.ConstitutionPrompts``) and trains SAMI's matrix on them. No feedback is
+  round decodes one response per query under each constitution from the current policy,
+  greedily as the released generation config does (``temperature: 0.0``; a query whose two
+  responses are the same text is dropped, as ``generate.py`` drops it:
+  ``language.sami_groups``) (``online_records.ConstitutionPrompts``) and trains SAMI's matrix
+  on them. The released trainer uses RMSprop at 5e-7; fbjax's optimizer is AdamW. No feedback is
   asked (``paper_provider``): the constitutions are the signal. The paper's constitutions were
   written by another model and do not ship with fbjax: set them with ``--set
   stages.train.prompts.constitutions="('...', '...')"``; a run without them fails before
@@ -68,7 +71,7 @@ def paper() -> ExperimentConfig:
         objective=language_inputs.sami(CONSTITUTIONS),
         rounds=ITERATIONS,
         samples_per_prompt=1,
-        sampling=sampling.SamplingConfig(max_new_tokens=256, temperature=1.0),
+        sampling=sampling.SamplingConfig(max_new_tokens=256, temperature=0.0),
         optimizer=OptimizerConfig(learning_rate=5e-7, warmup_steps=0, schedule="constant"),
         train=common.paper_train(examples=QUERIES, batch=32, completions=CONSTITUTIONS ** 2,
                                  seq_len=1024, max_prompt_len=768, microbatches=4),

@@ -650,6 +650,7 @@ def sami_groups(
     *,
     context: Callable[[str, str], str] = sami_prompt,
     score_eos: bool = False,
+    keep_identical: bool = False,
 ) -> list[Group]:
     """One group per query ``(x, constitutions c_1..c_n, responses y_1..y_n)`` (``y_j`` sampled
     under ``c_j``) with ``n * n`` slots: slot ``i * n + j`` is ``y_j`` under ``(x, c_i)``, so
@@ -659,13 +660,20 @@ def sami_groups(
 
     Each response ends in EOS, unscored by default as in SAMI's released code (``_get_mask``:
     responses are cut at the first EOS when sampled, so its probability says nothing about the
-    constitution); ``score_eos=True`` scores it."""
+    constitution); ``score_eos=True`` scores it.
+
+    A query whose responses are not all different is left out, as SAMI's released generation
+    script drops a pair whose two responses are the same text (``generate.py``): two equal
+    columns of ``L`` pull against each other, so the query adds no gradient and only dilutes
+    the batch mean. ``keep_identical=True`` keeps it."""
     groups = []
     for query, constitutions, responses in data:
         if len(constitutions) != len(responses):
             raise ValueError(
                 f"{len(constitutions)} constitutions but {len(responses)} responses for {query!r}"
             )
+        if not keep_identical and len(set(responses)) < len(responses):
+            continue
         contexts = [encode.prompt_ids(tokenizer, context(query, c)) for c in constitutions]
         ys = [_scored_ids(tokenizer, y) for y in responses]
         weights = [np.concatenate([np.ones(len(y) - 1), [float(score_eos)]]) for y in ys]

@@ -274,6 +274,15 @@ def test_sami_groups_layout(tok):
         assert c[-1] == tok.eos_id and m[-1] == 0.0 and m[-2] == 1.0
     (g1,) = dl.sami_groups([("Hi", ["be brief", "be kind"], ["hey", "Hi"])], tok, score_eos=True)
     assert all(m[-1] == 1.0 for m in g1.masks)
+    # A query whose responses coincide is dropped, as the released generation script does.
+    same = [("Hi", ["be brief", "be kind"], ["hey", "hey"]),
+            ("Yo", ["be brief", "be kind"], ["hey", "Yo"])]
+    (kept,) = dl.sami_groups(same, tok)
+    assert kept.prompt.tolist()[:1] == bos and len(kept.completions) == 4
+    # slot i * n + j: the rest of context i, then the query "Yo", then response j
+    assert [tok.decode(c[:-1]) for c in kept.completions] == [
+        "brief\nYohey", "brief\nYoYo", "kind\nYohey", "kind\nYoYo"]
+    assert len(dl.sami_groups(same, tok, keep_identical=True)) == 2
 
 
 def test_c3po_groups_fields(tok):
