@@ -245,6 +245,22 @@ def test_coh_sim_data_ends_every_output_with_eos(sim_tok):
         assert all(o in texts for o in outputs)
 
 
+def test_d2o_sim_negative_is_an_own_wrong_sample_before_the_others(sim_tok):
+    # PKU-SafeRLHF's negatives are the start model's own responses labelled harmful: here one
+    # of the prompt's wrong samples, then its other three samples, unlabelled.
+    pool = _pool(("12+7=", "3+4=", "2+2="),
+                 (("19", "18", "9", "119"), ("7", "7", "8", "6"), ("4", "4", "4", "4")))
+    for seed in range(4):
+        groups = sim_feedback.own_negative_with_samples(common.SIM_TASK, pool, sim_tok,
+                                                        np.random.default_rng(seed))
+        assert len(groups) == 2  # 2+2= has no wrong sample
+        for g, prompt, texts in zip(groups, pool.prompts, pool.texts):
+            decoded = [sim_tok.decode(c[:-1]) for c in g.completions]
+            assert common.SIM_TASK.reward(prompt, decoded[0]) < 1.0
+            assert sorted(decoded) == sorted(texts)
+    assert _sim_stage("d2o_duan2024").data.build is sim_feedback.own_negative_with_samples
+
+
 def test_bco_sim_data_balances_thumbs(sim_tok):
     groups = _build("bco_jung2024", sim_tok, np.random.default_rng(0))  # 3 right, 5 wrong
     labels = [g.slot_fields["labels"][0] for g in groups]
