@@ -21,7 +21,7 @@ def plot(rows: list[dict], curves: dict[str, list[dict]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     for r in rows:
         ax1.scatter(r["kl"], r["reward_after"], s=40)
         ax1.annotate(r["method"], (r["kl"], r["reward_after"]), textcoords="offset points",
@@ -39,7 +39,10 @@ def plot(rows: list[dict], curves: dict[str, list[dict]], path: str) -> None:
     ax2.set_ylabel("training loss")
     ax2.set_yscale("symlog")
     ax2.set_title("training curves")
-    ax2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # With dozens of methods (the sim table's merged run) the legend is taller than the axes:
+    # a legend column per 12 methods beside the axes, laid out by the constrained layout,
+    # where tight_layout gave up with a warning.
+    ax2.legend(fontsize="small", ncol=max(1, -(-len(curves) // 12)), loc="upper left",
+               bbox_to_anchor=(1.02, 1.0))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
