@@ -488,11 +488,11 @@ CLAIMS: tuple[Claim, ...] = (
              "the answers, which the evaluation samples, a small share of the trained tokens "
              "(7% on the seed-0 pool, experiments/leti_wang2023.py). With the loss on the "
              "answers alone and no pretraining mix (--diagnostics diag_leti_answers_only "
-             "diag_leti_reward_token_only_answers_only; run at 76ac228, not since) both arms "
-             "gain, and the critique does not separate from the reward token beyond seed "
-             "noise: 0.679 / 0.675 / 0.604 against 0.526 / 0.764 / 0.469, ahead on 2/3 seeds, "
-             "paired difference +0.066 +- 0.134: on this task 3 seeds cannot tell the "
-             "critique's signal from the reward token's",
+             "diag_leti_reward_token_only_answers_only; at 6ac001d) both arms gain, and the "
+             "critique does not separate from the reward token beyond seed noise: 0.680 / "
+             "0.605 / 0.601 against 0.584 / 0.635 / 0.658, ahead on 1/3 seeds, paired "
+             "difference +0.003 +- 0.082 (at 76ac228: ahead on 2/3, +0.066 +- 0.134): on this "
+             "task 3 seeds cannot tell the critique's signal from the reward token's",
     ),
     Claim(
         key="cut", claim="CUT's unlikelihood on blamed tokens helps",

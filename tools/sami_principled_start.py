@@ -6,7 +6,8 @@ once the policy already follows its principles weakly?
     python tools/sami_principled_start.py --seeds 0 1 2 --workdir runs/sami_principled \
         --eval-temperature 0 --out docs/results/sami_principled_start_greedy.json
     python tools/sami_principled_start.py --seeds 0 1 2 --workdir runs/sami_principled \
-        --eval-temperature 0 --principle 1 --out docs/results/sami_principled_start_second_principle.json
+        --eval-temperature 0 --principle 1 \
+        --out docs/results/sami_principled_start_second_principle.json
 
 Per seed: the sim SFT start; ``principles``, SFT from it on demonstrations under the two SAMI
 constitutions (``sim.PrincipledDemonstrations``: right with probability 0.8 under the first,
