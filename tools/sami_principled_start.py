@@ -74,10 +74,10 @@ def config(seed: int, principle: int = 0, *, eval_temperature: float = 1.0,
     base = common.sim_experiment("sami_principled_start", seed=seed)
     sft, *_, evaluation = base.stages
     # The evaluation is not part of what trains: evaluating under the other principle, or
-    # greedily, reuses the trained stages of an earlier run (a stage's results are kept under
-    # its name, so each evaluation setting has its own).
+    # greedily, reuses the trained stages of an earlier run, and computes its own numbers (a
+    # stage's cached evaluation is keyed by its prompt and sampling: stages.eval_cache_name).
     evaluation = dataclasses.replace(
-        evaluation, name=f"eval_principle{principle}_t{eval_temperature:g}",
+        evaluation,
         sampling=dataclasses.replace(evaluation.sampling, temperature=eval_temperature))
     return dataclasses.replace(base, stages=(sft, start, pool, *samis, evaluation), main=None,
                                allow_config_change=True)
